@@ -1,0 +1,36 @@
+# Two commands for a new machine: `make run` serves, `make test` proves.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install run test lint check-rules test-rules bench clean
+
+$(STAMP): pyproject.toml
+	@./scripts/ensure-venv.sh "$(PYTHON)" "$(VENV)"
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/kbladder serve
+
+lint: install
+	$(BIN)/ruff check cds_service tests bench
+
+check-rules: install
+	$(BIN)/kbladder rules check rules
+
+test-rules: install
+	$(BIN)/kbladder rules test rules/tests
+
+test: install lint check-rules test-rules
+	$(BIN)/pytest -q
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

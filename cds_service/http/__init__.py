@@ -1,0 +1,1 @@
+"""Speaks CDS Hooks over HTTP: discovery, hook invocation, feedback, health, JSON errors."""

@@ -1,0 +1,1 @@
+"""Persistence through SQLAlchemy: feedback, audit and JWT replay cache (SQLite default, PostgreSQL)."""
