@@ -1,0 +1,208 @@
+"""PatientRecord: one patient's FHIR data, indexed once, read by every rule.
+
+Built from plain resource dicts (already parsed and checked at the edge), plus the draft
+orders of the hook. Selections by value set are cached per record, so fifteen rules asking
+for "ketamine sessions" compute the dose arithmetic once.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from cds_service.clinical.exposure import (
+    Session,
+    Weight,
+    session_from_administration,
+    session_from_request,
+    session_from_statement,
+)
+from cds_service.clinical.findings import (
+    EXCLUDED_STATUS,
+    Finding,
+    code_of,
+    concept_label,
+    event_time,
+    resource_ref,
+    status_of,
+    upper_limit,
+    value_of,
+)
+from cds_service.clinical.units import UnitError, convert
+from cds_service.clinical.valueset import Match, ValueSet
+
+MEDICATION_TYPES = ("MedicationAdministration", "MedicationStatement", "MedicationRequest")
+
+
+class PatientRecord:
+    """Facts of one patient at one evaluation."""
+
+    def __init__(
+        self,
+        resources: Iterable[Mapping[str, Any]],
+        *,
+        drafts: Sequence[Mapping[str, Any]] = (),
+        ordinal_codes: Mapping[tuple[str, str], float] | None = None,
+    ) -> None:
+        self.by_type: dict[str, list[tuple[str, Mapping[str, Any]]]] = defaultdict(list)
+        self.patient: Mapping[str, Any] | None = None
+        self._medications: dict[str, Mapping[str, Any]] = {}
+        self._ordinal_codes = ordinal_codes or {}
+        self._cache: dict[tuple[Any, ...], Any] = {}
+        for index, resource in enumerate(resources):
+            rtype = str(resource.get("resourceType"))
+            ref = resource_ref(resource, index)
+            if rtype == "Patient" and self.patient is None:
+                self.patient = resource
+            elif rtype == "Medication":
+                self._medications[ref] = resource
+            self.by_type[rtype].append((ref, resource))
+        self.drafts: list[tuple[str, Mapping[str, Any]]] = [(resource_ref(d, i), d) for i, d in enumerate(drafts)]
+
+    @property
+    def patient_id(self) -> str | None:
+        return str(self.patient["id"]) if self.patient and self.patient.get("id") else None
+
+    def resources(self) -> list[Mapping[str, Any]]:
+        """Every resource, drafts last; the FHIRPath ``%bundle`` view is built from this."""
+        return [r for items in self.by_type.values() for _, r in items] + [d for _, d in self.drafts]
+
+    # ------------------------------------------------------------ findings
+
+    def findings(self, valueset: ValueSet, types: tuple[str, ...]) -> list[Finding]:
+        """Coded events of ``types`` whose code is in ``valueset``, oldest first; errors excluded."""
+        key = ("findings", valueset.id, types)
+        if key not in self._cache:
+            found: list[Finding] = []
+            for rtype in types:
+                for ref, resource in self.by_type.get(rtype, ()):
+                    if valueset.match(code_of(resource)) is None:
+                        continue
+                    status = status_of(resource)
+                    if status in EXCLUDED_STATUS:
+                        continue
+                    start, end = event_time(resource)
+                    found.append(
+                        Finding(
+                            ref=ref,
+                            resource_type=rtype,
+                            time=start,
+                            end=end,
+                            label=concept_label(code_of(resource)) or rtype,
+                            value=value_of(resource, self._ordinal_codes) if rtype == "Observation" else None,
+                            status=status,
+                            resource=resource,
+                            uln=upper_limit(resource),
+                        )
+                    )
+            found.sort(key=lambda f: (f.time is None, f.time))
+            self._cache[key] = found
+        return self._cache[key]
+
+    # ------------------------------------------------------------ exposure
+
+    def weights(self, valueset: ValueSet | None) -> list[Weight]:
+        """Body weights in kg (any mass unit converted) for mg/kg doses."""
+        if valueset is None:
+            return []
+        key = ("weights", valueset.id)
+        if key not in self._cache:
+            weights = []
+            for finding in self.findings(valueset, ("Observation",)):
+                value = finding.value
+                if finding.time is None or value is None or value.quantity is None or not value.unit:
+                    continue
+                try:
+                    weights.append(Weight(finding.time, convert(value.quantity, value.unit, "kg"), finding.ref))
+                except UnitError:
+                    continue
+            self._cache[key] = weights
+        return self._cache[key]
+
+    def sessions(
+        self, valueset: ValueSet, weight_valueset: ValueSet | None, now: datetime, *, planned: bool = True
+    ) -> list[Session]:
+        """Exposure sessions for a medication value set; draft orders as planned sessions."""
+        key = ("sessions", valueset.id, weight_valueset.id if weight_valueset else None, now, planned)
+        if key in self._cache:
+            return self._cache[key]
+        weights = self.weights(weight_valueset)
+        sessions: list[Session] = []
+        for rtype in MEDICATION_TYPES:
+            for ref, resource in self.by_type.get(rtype, ()):
+                session = self._session(resource, ref, valueset, weights, now, planned=False)
+                if session is not None:
+                    sessions.append(session)
+        if planned:
+            for ref, resource in self.drafts:
+                if resource.get("resourceType") == "MedicationRequest":
+                    session = self._session(resource, ref, valueset, weights, now, planned=True)
+                    if session is not None:
+                        sessions.append(session)
+        sessions.sort(key=lambda s: (s.start, s.end))
+        self._cache[key] = sessions
+        return sessions
+
+    def draft_matches(self, valueset: ValueSet) -> list[tuple[str, Mapping[str, Any], Match]]:
+        """Draft orders whose medication is in ``valueset``."""
+        result = []
+        for ref, resource in self.drafts:
+            match = self.medication_match(resource, valueset)
+            if match is not None:
+                result.append((ref, resource, match))
+        return result
+
+    def medication_match(self, resource: Mapping[str, Any], valueset: ValueSet) -> Match | None:
+        """Match a medication resource by its code, its Medication's code, or the ingredients."""
+        concept = resource.get("medicationCodeableConcept")
+        if isinstance(concept, Mapping):
+            return valueset.match(concept)
+        medication = self.medication_of(resource)
+        if medication is None:
+            return None
+        match = valueset.match(medication.get("code"))
+        if match is not None:
+            return match
+        for ingredient in medication.get("ingredient") or ():
+            if isinstance(ingredient, Mapping):
+                match = valueset.match(ingredient.get("itemCodeableConcept"))
+                if match is not None:
+                    return match
+        return None
+
+    def medication_of(self, resource: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """The Medication a resource references: contained (``#id``) or in the record."""
+        reference = resource.get("medicationReference")
+        target = reference.get("reference") if isinstance(reference, Mapping) else None
+        if not isinstance(target, str):
+            return None
+        if target.startswith("#"):
+            for contained in resource.get("contained") or ():
+                if isinstance(contained, Mapping) and contained.get("id") == target[1:]:
+                    return contained
+            return None
+        return self._medications.get(target) or self._medications.get(target.split("/_history")[0])
+
+    def _session(
+        self,
+        resource: Mapping[str, Any],
+        ref: str,
+        valueset: ValueSet,
+        weights: list[Weight],
+        now: datetime,
+        *,
+        planned: bool,
+    ) -> Session | None:
+        match = self.medication_match(resource, valueset)
+        if match is None:
+            return None
+        medication = self.medication_of(resource)
+        label = match.text or valueset.title
+        rtype = resource.get("resourceType")
+        if rtype == "MedicationAdministration":
+            return session_from_administration(resource, ref, label, match.method, weights, medication, now)
+        if rtype == "MedicationStatement":
+            return session_from_statement(resource, ref, label, match.method, weights, medication, now)
+        return session_from_request(resource, ref, label, match.method, weights, medication, now, planned=planned)

@@ -1,0 +1,131 @@
+"""UCUM-aware unit conversion.
+
+Parsing is delegated to `ucumvert` (a UCUM grammar on top of pint); we only add the
+aliases that real EHR data carries (``mcg``, ``hr``) and cache one conversion factor per
+unit pair, so a hot path never parses a unit string twice.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any
+
+UCUM_SYSTEM = "http://unitsofmeasure.org"
+
+# Spellings seen in EHR data that are not UCUM, mapped to their UCUM code.
+_ALIASES: dict[str, str] = {
+    "mcg": "ug",
+    "µg": "ug",
+    "μg": "ug",
+    "hr": "h",
+    "hrs": "h",
+    "hour": "h",
+    "hours": "h",
+    "mins": "min",
+    "minute": "min",
+    "minutes": "min",
+    "sec": "s",
+    "day": "d",
+    "days": "d",
+    "ml": "mL",
+    "l": "L",
+    "dl": "dL",
+    "kgs": "kg",
+    "lb": "[lb_av]",
+    "lbs": "[lb_av]",
+    "units/l": "U/L",
+    "iu/l": "[IU]/L",
+    "hpf": "/[HPF]",
+    "/hpf": "/[HPF]",
+    "cfu/ml": "{CFU}/mL",
+}
+_ALIAS_PART = re.compile(r"(?<![A-Za-z\[])(mcg|µg|μg|hr)(?![A-Za-z\]])")
+
+
+class UnitError(ValueError):
+    """A unit that is not UCUM, or two units that measure different things."""
+
+
+def normalize_unit(unit: str) -> str:
+    """Return the UCUM code for a unit as EHRs write it (``mcg/kg/min`` -> ``ug/kg/min``)."""
+    text = unit.strip()
+    alias = _ALIASES.get(text) or _ALIASES.get(text.lower())
+    if alias:
+        return alias
+    return _ALIAS_PART.sub(lambda m: _ALIASES[m.group(1)], text)
+
+
+@lru_cache(maxsize=1)
+def _registry() -> Any:
+    # Imported lazily: building the registry takes ~0.4 s and most CLI commands never need it.
+    from ucumvert import PintUcumRegistry
+
+    return PintUcumRegistry()
+
+
+@lru_cache(maxsize=4096)
+def _parse(code: str) -> Any:
+    try:
+        return _registry().from_ucum(code)
+    except Exception as exc:  # ucumvert raises lark/pint errors of several kinds
+        raise UnitError(f"not a UCUM unit: {code!r}") from exc
+
+
+def is_ucum(unit: str) -> bool:
+    """True when ``unit`` (after alias normalisation) parses as UCUM."""
+    try:
+        _parse(normalize_unit(unit))
+    except UnitError:
+        return False
+    return True
+
+
+@lru_cache(maxsize=4096)
+def factor(from_unit: str, to_unit: str) -> float:
+    """Multiplier taking a value in ``from_unit`` to ``to_unit``; UnitError if incompatible."""
+    src, dst = normalize_unit(from_unit), normalize_unit(to_unit)
+    if src == dst:
+        return 1.0
+    a, b = _parse(src), _parse(dst)
+    try:
+        return float((1 * a).to(b).magnitude)
+    except Exception as exc:
+        raise UnitError(f"cannot convert {from_unit!r} to {to_unit!r}") from exc
+
+
+def convertible(from_unit: str, to_unit: str) -> bool:
+    """True when a value in ``from_unit`` can be expressed in ``to_unit``."""
+    try:
+        factor(from_unit, to_unit)
+    except UnitError:
+        return False
+    return True
+
+
+def convert(value: float, from_unit: str, to_unit: str, *, molar_mass: float | None = None) -> float:
+    """Convert ``value``; ``molar_mass`` (g/mol) bridges mass and substance concentrations.
+
+    Creatinine in mg/dL and umol/L is the case that needs it: UCUM alone cannot cross
+    from mass to amount of substance.
+    """
+    try:
+        return value * factor(from_unit, to_unit)
+    except UnitError:
+        if molar_mass is None:
+            raise
+    # mass -> substance: value[g/L] / molar_mass[g/mol] = value[mol/L]; and the reverse.
+    if convertible(from_unit, "g/L") and convertible(to_unit, "mol/L"):
+        return value * factor(from_unit, "g/L") / molar_mass * factor("mol/L", to_unit)
+    if convertible(from_unit, "mol/L") and convertible(to_unit, "g/L"):
+        return value * factor(from_unit, "mol/L") * molar_mass * factor("g/L", to_unit)
+    raise UnitError(f"cannot convert {from_unit!r} to {to_unit!r}")
+
+
+def quantity_unit(quantity: dict[str, Any]) -> str | None:
+    """The unit of a FHIR Quantity: the UCUM ``code`` when coded in UCUM, else the free-text ``unit``."""
+    code = quantity.get("code")
+    if code and quantity.get("system", UCUM_SYSTEM) == UCUM_SYSTEM:
+        return str(code)
+    unit = quantity.get("unit") or code
+    return str(unit) if unit else None

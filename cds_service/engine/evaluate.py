@@ -1,0 +1,134 @@
+"""Evaluate a rule set for one patient: (rules, record, hook, now) → results with traces.
+
+Pure: no network, no clock, no global state. Every rule gets a result — fired or not,
+skipped for its hook, undecided for missing data — each with the value of every
+condition, so "why didn't it fire?" always has an answer. Precedence (which cards drop
+when a stronger card fires) comes from the rule files, never from code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from cds_service.clinical.record import PatientRecord
+from cds_service.clinical.timeutil import as_utc
+from cds_service.engine.context import RuleContext
+from cds_service.engine.model import SEVERITY, Rule, RuleSet, Tier
+from cds_service.engine.trace import Outcome, Truth
+
+FIRED, NOT_FIRED, UNDECIDED, SKIPPED, SUPPRESSED = "fired", "not fired", "undecided", "skipped", "suppressed"
+
+
+@dataclass(slots=True)
+class TierTrace:
+    indicator: str
+    outcome: Outcome
+
+
+@dataclass(slots=True)
+class RuleResult:
+    """One rule's verdict with its full trace."""
+
+    rule: Rule
+    status: str
+    reason: str = ""
+    conditions: dict[str, Outcome] = field(default_factory=dict)
+    tiers: list[TierTrace] = field(default_factory=list)
+    fired: Tier | None = None
+    missing: list[str] = field(default_factory=list)
+    context: RuleContext | None = None
+
+    @property
+    def shows_card(self) -> bool:
+        """A fired, active, unsuppressed rule shows a card; a silent rule only logs."""
+        return self.status == FIRED and self.rule.status == "active"
+
+    def as_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"rule": self.rule.id, "version": self.rule.version, "status": self.status}
+        if self.fired is not None:
+            data["indicator"] = self.fired.indicator
+        if self.reason:
+            data["reason"] = self.reason
+        if self.conditions:
+            data["conditions"] = {name: o.as_json() for name, o in self.conditions.items()}
+        if self.missing:
+            data["missing"] = list(self.missing)
+        return data
+
+
+@dataclass(slots=True)
+class Evaluation:
+    hook: str
+    now: datetime
+    ruleset_version: str
+    results: list[RuleResult]
+
+    def shown(self) -> list[RuleResult]:
+        """Results that become cards, strongest first (critical → warning → info)."""
+        shown = [r for r in self.results if r.shows_card]
+        return sorted(shown, key=lambda r: -SEVERITY[r.fired.indicator] if r.fired else 0)
+
+    def undecided(self) -> list[RuleResult]:
+        return [r for r in self.results if r.status == UNDECIDED]
+
+
+def evaluate_rule(rule: Rule, record: PatientRecord, hook: str, now: datetime) -> RuleResult:
+    """Evaluate one rule: all named conditions (for the trace), then tiers strongest first."""
+    if rule.status == "retired":
+        return RuleResult(rule, SKIPPED, "retired")
+    if hook not in rule.hooks:
+        return RuleResult(rule, SKIPPED, f"does not run on {hook} (runs on {', '.join(rule.hooks)})")
+    ctx = RuleContext(rule, record, now, hook)
+    for name in rule.conditions:
+        ctx.condition(name)
+    result = RuleResult(rule, NOT_FIRED, conditions=ctx.outcomes, context=ctx)
+    for tier in rule.tiers:
+        outcome = tier.when.evaluate(ctx)
+        result.tiers.append(TierTrace(tier.indicator, outcome))
+        if outcome.truth is Truth.TRUE:
+            result.status, result.fired = FIRED, tier
+            result.reason = f"tier {tier.indicator} holds"
+            return result
+    unknown = [t for t in result.tiers if t.outcome.truth is Truth.UNKNOWN]
+    if unknown:
+        result.status = UNDECIDED
+        result.missing = sorted({m for t in unknown for m in t.outcome.missing})
+        result.reason = "missing data could change the answer"
+    else:
+        result.reason = "no tier holds"
+    return result
+
+
+def apply_precedence(results: list[RuleResult]) -> None:
+    """Drop cards whose rule declares ``suppress_when`` and a stronger card on that topic fired."""
+    shown = [r for r in results if r.shows_card]
+    for result in shown:
+        for suppression in result.rule.suppress_when:
+            by = next(
+                (
+                    other
+                    for other in shown
+                    if other is not result
+                    and other.rule.topic == suppression.topic
+                    and other.fired
+                    and other.fired.indicator in suppression.indicators
+                ),
+                None,
+            )
+            if by is not None:
+                result.status = SUPPRESSED
+                result.reason = (
+                    f"suppressed: {by.rule.id} fired {by.fired.indicator if by.fired else ''} "
+                    f"on topic {suppression.topic}"
+                )
+                break
+
+
+def evaluate(ruleset: RuleSet, record: PatientRecord, *, hook: str, now: datetime) -> Evaluation:
+    """Evaluate every rule of the set for one hook call at ``now``."""
+    now = as_utc(now)
+    results = [evaluate_rule(rule, record, hook, now) for rule in ruleset.rules]
+    apply_precedence(results)
+    return Evaluation(hook, now, ruleset.version, results)
