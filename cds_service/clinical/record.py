@@ -78,7 +78,8 @@ class PatientRecord:
             found: list[Finding] = []
             for rtype in types:
                 for ref, resource in self.by_type.get(rtype, ()):
-                    if valueset.match(code_of(resource)) is None:
+                    match = valueset.match(code_of(resource))
+                    if match is None:
                         continue
                     status = status_of(resource)
                     if status in EXCLUDED_STATUS:
@@ -90,7 +91,7 @@ class PatientRecord:
                             resource_type=rtype,
                             time=start,
                             end=end,
-                            label=concept_label(code_of(resource)) or rtype,
+                            label=_label(match, resource),
                             value=value_of(resource, self._ordinal_codes) if rtype == "Observation" else None,
                             status=status,
                             resource=resource,
@@ -206,3 +207,14 @@ class PatientRecord:
         if rtype == "MedicationStatement":
             return session_from_statement(resource, ref, label, match.method, weights, medication, now)
         return session_from_request(resource, ref, label, match.method, weights, medication, now, planned=planned)
+
+
+def _label(match: Match, resource: Mapping[str, Any]) -> str:
+    """Evidence label: the code's own text, else the value set's display for the code."""
+    concept = code_of(resource)
+    if concept and (concept.get("text") or any(isinstance(c, Mapping) and c.get("display")
+                                                for c in concept.get("coding") or ())):
+        return concept_label(concept)
+    if match.concept is not None:
+        return match.concept.display
+    return concept_label(concept) or str(resource.get("resourceType"))

@@ -216,12 +216,12 @@ def finding_evidence(finding: Finding, note: str = "") -> Evidence:
 def session_evidence(session: ex.Session, note: str = "") -> Evidence:
     dose = f"{session.dose.mg:g} mg" if session.dose.mg is not None else "dose unknown"
     what = f"{session.label} ({'planned, draft order' if session.planned else session.kind})"
-    extra = session.dose.how
+    extra = "" if session.dose.how == dose else session.dose.how
     if session.matched_by == "text":
         extra += "; matched by name only"
     if session.dose.quality:
         extra += f"; {session.dose.quality}"
-    return Evidence(session.ref, session.start, what, dose, "; ".join(x for x in (extra, note) if x))
+    return Evidence(session.ref, session.start, what, dose, "; ".join(x for x in (extra.lstrip("; "), note) if x))
 
 
 # ------------------------------------------------------------------ combinators
