@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint check-rules test-rules bench clean
+.PHONY: install run test lint check-rules test-rules services bench clean
 
 $(STAMP): pyproject.toml
 	@./scripts/ensure-venv.sh "$(PYTHON)" "$(VENV)"
@@ -26,7 +26,12 @@ check-rules: install
 test-rules: install
 	$(BIN)/kbladder rules test rules/tests
 
-test: install lint check-rules test-rules
+# What the tests talk to: a real FHIR server (own venv) and PostgreSQL.
+services:
+	@./scripts/ensure-fhir-server.sh
+	@./scripts/ensure-postgres.sh
+
+test: install lint check-rules test-rules services
 	$(BIN)/pytest -q
 
 bench: install

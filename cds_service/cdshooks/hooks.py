@@ -1,0 +1,248 @@
+"""Hook definitions from the CDS Hooks Library STU1 1.0.1 and the prefetch-template rules of CDS Hooks 2.0.
+
+Kept as data so that request validation, discovery generation and the prefetch self-check all read the
+same table (checklist §1.10, P1-P3) instead of re-encoding the hook context in several places.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Literal
+from urllib.parse import parse_qsl, urlsplit
+
+__all__ = [
+    "HOOKS",
+    "USER_PREFETCH_TOKENS",
+    "ContextField",
+    "HookDefinition",
+    "prefetch_tokens",
+    "template_problems",
+]
+
+ContextType = Literal["string", "array", "object"]
+
+
+@dataclass(frozen=True, slots=True)
+class ContextField:
+    """One row of a hook's context table (name, JSON type, optionality, prefetch-token eligibility)."""
+
+    name: str
+    type: ContextType
+    required: bool
+    prefetch_token: bool
+    description: str
+    #: For ``userId``: the FHIR resource types the hook allows the user to be.
+    reference_types: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HookDefinition:
+    """A hook as published in the Hook Library: metadata plus its context fields."""
+
+    id: str
+    description: str
+    hook_version: str
+    specification_version: str
+    maturity: int
+    fields: tuple[ContextField, ...]
+
+    def field(self, name: str) -> ContextField | None:
+        """Return the context field called *name*, or None when the hook does not define it."""
+        return next((f for f in self.fields if f.name == name), None)
+
+    @property
+    def required_fields(self) -> tuple[ContextField, ...]:
+        return tuple(f for f in self.fields if f.required)
+
+    @property
+    def context_tokens(self) -> frozenset[str]:
+        """``context.<field>`` tokens usable in prefetch templates (root-level primitives marked 'Yes')."""
+        return frozenset(f"context.{f.name}" for f in self.fields if f.prefetch_token)
+
+    @property
+    def user_types(self) -> tuple[str, ...]:
+        """Resource types allowed for ``context.userId`` by this hook."""
+        user = self.field("userId")
+        return user.reference_types if user else ()
+
+
+#: User tokens of CDS Hooks 2.0 (#prefetch-tokens): each resolves to the FHIR id of ``userId`` when
+#: ``userId`` is of the named resource type.
+USER_PREFETCH_TOKENS: Mapping[str, str] = MappingProxyType(
+    {
+        "userPractitionerId": "Practitioner",
+        "userPractitionerRoleId": "PractitionerRole",
+        "userPatientId": "Patient",
+        "userRelatedPersonId": "RelatedPerson",
+    }
+)
+
+_CLINICIAN = ("Practitioner", "PractitionerRole")
+
+
+def _user(types: tuple[str, ...]) -> ContextField:
+    return ContextField(
+        "userId",
+        "string",
+        True,
+        True,
+        "The id of the current user, as [ResourceType]/[id].",
+        reference_types=types,
+    )
+
+
+_PATIENT = ContextField("patientId", "string", True, True, "The FHIR Patient.id of the current patient.")
+_ENCOUNTER = ContextField(
+    "encounterId", "string", False, True, "The FHIR Encounter.id of the current encounter."
+)
+_DRAFT_ORDERS = ContextField(
+    "draftOrders",
+    "object",
+    True,
+    False,
+    "Bundle of FHIR request resources (draft status) from the current ordering session.",
+)
+_SELECTIONS = ContextField(
+    "selections",
+    "array",
+    True,
+    False,
+    "Type/id references of the newly selected orders; each points into draftOrders.",
+)
+
+HOOKS: Mapping[str, HookDefinition] = MappingProxyType(
+    {
+        "patient-view": HookDefinition(
+            id="patient-view",
+            description="The user has just opened a patient's record.",
+            hook_version="1.0",
+            specification_version="1.0",
+            maturity=5,
+            fields=(_user((*_CLINICIAN, "Patient", "RelatedPerson")), _PATIENT, _ENCOUNTER),
+        ),
+        "order-select": HookDefinition(
+            id="order-select",
+            description="A clinician selects one or more new orders, before signing.",
+            hook_version="1.0",
+            specification_version="1.0",
+            maturity=4,
+            fields=(_user(_CLINICIAN), _PATIENT, _ENCOUNTER, _SELECTIONS, _DRAFT_ORDERS),
+        ),
+        "order-sign": HookDefinition(
+            id="order-sign",
+            description="A clinician is ready to sign one or more orders.",
+            hook_version="1.0",
+            specification_version="1.0",
+            maturity=5,
+            fields=(_user(_CLINICIAN), _PATIENT, _ENCOUNTER, _DRAFT_ORDERS),
+        ),
+    }
+)
+
+
+def prefetch_tokens(hook: str) -> frozenset[str]:
+    """All tokens (without braces) a prefetch template of *hook* may contain (checklist P1).
+
+    User tokens are included only when the hook's ``userId`` can be of that type; otherwise the client
+    could never resolve them and would silently skip the template.
+    """
+    definition = HOOKS.get(hook)
+    if definition is None:
+        return frozenset()
+    users = {tok for tok, rtype in USER_PREFETCH_TOKENS.items() if rtype in definition.user_types}
+    return definition.context_tokens | users
+
+
+_TOKEN = re.compile(r"\{\{(.*?)\}\}")
+_RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]+$")
+_DATE_WORDS = re.compile(r"\b(today|now)\b|\(\)|[+-]\s*\d+\s*(day|week|month|year)s?", re.I)
+_ALLOWED_MODIFIERS = frozenset({"in"})
+_DATE_PREFIX_BAD = re.compile(r"^(ne|sa|eb|ap)\d")
+_FORBIDDEN_PARAMS = frozenset({"_include", "_revinclude", "_has", "_type", "_filter", "_query", "_contained"})
+
+
+def _token_problems(inner: str, hook: str, valid: frozenset[str]) -> list[str]:
+    token = inner.strip()
+    shown = "{{" + inner + "}}"
+    if token != inner:
+        return [f"token {shown}: whitespace inside braces; clients substitute exact token text"]
+    if token in valid:
+        return []
+    definition = HOOKS[hook]
+    if _DATE_WORDS.search(token):
+        return [f"token {shown}: date/relative tokens do not exist in CDS Hooks 2.0 (P2)"]
+    if token in USER_PREFETCH_TOKENS:
+        rtype = USER_PREFETCH_TOKENS[token]
+        return [f"token {shown}: {hook} userId is never a {rtype}, so the token can never resolve"]
+    if token.startswith("context."):
+        path = token.removeprefix("context.")
+        root = path.split(".", 1)[0].split("[", 1)[0]
+        field = definition.field(root)
+        if field is None:
+            return [f"token {shown}: {hook} has no context field '{root}'"]
+        if path != root:
+            return [f"token {shown}: only root-level context fields may be tokens (P1)"]
+        return [f"token {shown}: context.{root} is not a prefetch token for {hook} (P1)"]
+    return [f"token {shown}: not a CDS Hooks 2.0 prefetch token (P1)"]
+
+
+def _query_problems(query: str) -> list[str]:
+    problems: list[str] = []
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        base, _, modifier = name.partition(":")
+        if not value:
+            problems.append(f"query parameter '{name}' has no value")
+        if base in _FORBIDDEN_PARAMS:
+            problems.append(f"query parameter '{base}' is outside the prefetch query subset (P3)")
+        if base == "sort":
+            problems.append("'sort' is not a FHIR search parameter; use _sort=-date (P3)")
+        if modifier and modifier not in _ALLOWED_MODIFIERS:
+            problems.append(f"modifier ':{modifier}' on '{base}' is outside the subset (only :in) (P3)")
+        if "." in base:
+            problems.append(f"chained parameter '{base}' is outside the prefetch query subset (P3)")
+        if base == "_count" and not value.isdigit():
+            problems.append("_count must be a non-negative integer")
+        if _DATE_PREFIX_BAD.match(value):
+            problems.append(f"date prefix '{value[:2]}' on '{name}' is outside eq/lt/gt/ge/le (P3)")
+    return problems
+
+
+def template_problems(template: str, hook: str) -> list[str]:
+    """Say what is wrong with one prefetch *template* published for *hook* (empty list = fine).
+
+    Used to self-check generated discovery: an EHR silently drops templates it cannot resolve, which
+    would turn every call into a slow self-fetch or a 412.
+    """
+    if hook not in HOOKS:
+        return [f"unknown hook '{hook}'"]
+    if not isinstance(template, str) or not template.strip():
+        return ["template must be a non-empty string"]
+    problems: list[str] = []
+    valid = prefetch_tokens(hook)
+    for match in _TOKEN.finditer(template):
+        problems.extend(_token_problems(match.group(1), hook, valid))
+    stripped = _TOKEN.sub("x", template)
+    if "{" in stripped or "}" in stripped:
+        problems.append("unbalanced or stray braces; tokens are written {{token}}")
+    if any(ch.isspace() for ch in stripped):
+        problems.append("template contains whitespace; encode it (%20)")
+
+    parts = urlsplit(stripped)
+    if parts.scheme or parts.netloc or stripped.startswith("/"):
+        problems.append("template must be a relative FHIR URL (e.g. 'Patient/{{context.patientId}}')")
+        return problems
+    if parts.fragment:
+        problems.append("template must not contain a fragment")
+    segments = parts.path.split("/")
+    if not _RESOURCE_TYPE.match(segments[0]):
+        problems.append("template must start with a FHIR resource type (P3)")
+    elif len(segments) > 2 or (len(segments) == 2 and (not segments[1] or segments[1].startswith("$"))):
+        problems.append("only instance reads (Type/id) and type-level searches (Type?...) are allowed (P3)")
+    elif len(segments) == 2 and parts.query:
+        problems.append("an instance read (Type/id) takes no query parameters (P3)")
+    if parts.query:
+        problems.extend(_query_problems(parts.query))
+    return problems
