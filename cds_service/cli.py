@@ -44,7 +44,7 @@ def check(paths: tuple[Path, ...], site: Path | None) -> None:
     Every problem is printed as file:line:col: message; the exit status is 1 on any error.
     """
     result = load_ruleset(list(paths) or [DEFAULT_RULES], site=site)
-    for problem in result.problems:
+    for problem in sorted(result.problems, key=lambda p: (p.file, p.line, p.col)):
         click.echo(str(problem))
     if not result.ok:
         click.echo(f"{len(result.errors)} error(s)", err=True)

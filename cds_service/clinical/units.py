@@ -72,10 +72,10 @@ def _parse(code: str) -> Any:
         raise UnitError(f"not a UCUM unit: {code!r}") from exc
 
 
-def is_ucum(unit: str) -> bool:
-    """True when ``unit`` (after alias normalisation) parses as UCUM."""
+def is_ucum(unit: str, *, strict: bool = False) -> bool:
+    """True when ``unit`` parses as UCUM; ``strict`` refuses EHR aliases (rule files must write UCUM)."""
     try:
-        _parse(normalize_unit(unit))
+        _parse(unit if strict else normalize_unit(unit))
     except UnitError:
         return False
     return True

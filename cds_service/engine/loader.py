@@ -89,8 +89,14 @@ def schema(name: str) -> dict[str, Any]:
 
 def schema_problems(located: Located, schema_name: str) -> list[Problem]:
     """Every schema violation of a document, at the line of the offending value or key."""
+    return schema_check(located, schema_name)[0]
+
+
+def schema_check(located: Located, schema_name: str) -> tuple[list[Problem], bool]:
+    """(problems, structural): unknown keys are reported but do not stop the checks of meaning."""
     validator = jsonschema.Draft202012Validator(schema(schema_name))
     problems = []
+    structural = False
     for error in sorted(validator.iter_errors(located.data), key=lambda e: list(map(str, e.absolute_path))):
         if error.context:
             error = jsonschema.exceptions.best_match(error.context)
@@ -102,9 +108,10 @@ def schema_problems(located: Located, schema_name: str) -> list[Problem]:
                     hint = _closest(key, allowed)
                     problems.append(located.problem((*path, key), f"unknown key {key!r}{hint}", key=True))
             continue
+        structural = True
         where = ".".join(map(str, path)) or "document"
         problems.append(located.problem(path, f"{where}: {error.message}"))
-    return problems
+    return problems, structural
 
 
 def _closest(word: str, options: Iterable[str]) -> str:
@@ -299,7 +306,7 @@ class RuleCompiler:
             except ValueError as exc:
                 self.problem(path, str(exc))
                 return None
-            if not is_ucum(unit):
+            if not is_ucum(unit, strict=True):
                 self.problem(path, f"unit {unit!r} is not UCUM")
                 return None
             return Quantity(number, unit)
@@ -432,7 +439,7 @@ class RuleCompiler:
         declared = self.doc.get("parameters") or {}
         for name, raw in declared.items():
             path = ("parameters", name)
-            if raw["type"] == "quantity" and raw.get("unit") and not is_ucum(raw["unit"]):
+            if raw["type"] == "quantity" and raw.get("unit") and not is_ucum(raw["unit"], strict=True):
                 self.problem((*path, "unit"), f"unit {raw['unit']!r} is not UCUM")
                 continue
             try:
@@ -473,7 +480,7 @@ class RuleCompiler:
             valueset = self.valueset(raw["valueset"], (*path, "valueset"))
             lookback = self.value(raw["lookback"], (*path, "lookback"), ("duration",)) if "lookback" in raw else None
             unit = raw.get("unit")
-            if unit and not is_ucum(unit):
+            if unit and not is_ucum(unit, strict=True):
                 self.problem((*path, "unit"), f"unit {unit!r} is not UCUM")
             if valueset is not None:
                 self.data_reqs[key] = DataRequirement(
@@ -735,9 +742,9 @@ def load_ruleset(paths: Sequence[Path | str], *, site: Path | str | None = None)
             problems.append(exc.problem)
             continue
         chunks.append(path.read_bytes())
-        errors = schema_problems(located, "rule")
+        errors, structural = schema_check(located, "rule")
         problems.extend(errors)
-        if errors:
+        if structural:
             continue
         rule_id = located.data["id"]
         if rule_id in seen:
@@ -750,7 +757,7 @@ def load_ruleset(paths: Sequence[Path | str], *, site: Path | str | None = None)
         compiler = RuleCompiler(located, valuesets, overrides.get(rule_id) or {}, site_located, ("rules", rule_id))
         rule = compiler.compile()
         problems.extend(compiler.problems)
-        if rule is not None:
+        if rule is not None and not errors:
             rules.append(rule)
     for rule_id in overrides:
         if rule_id not in seen and site_located is not None:
