@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint check-rules test-rules services bench clean
+.PHONY: install run test lint check-rules test-rules services clean
 
 $(STAMP): pyproject.toml
 	@./scripts/ensure-venv.sh "$(PYTHON)" "$(VENV)"
@@ -18,7 +18,7 @@ run: install
 	$(BIN)/kbladder serve
 
 lint: install
-	$(BIN)/ruff check cds_service tests bench
+	$(BIN)/ruff check cds_service tests $(wildcard bench)
 
 check-rules: install
 	$(BIN)/kbladder rules check rules
@@ -33,9 +33,6 @@ services:
 
 test: install lint check-rules test-rules services
 	$(BIN)/pytest -q
-
-bench: install
-	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
