@@ -19,7 +19,7 @@ from cds_service.clinical.units import UnitError, convert, convertible, factor, 
 WEIGHT_RECENT = timedelta(days=30)
 WEIGHT_OLDEST = timedelta(days=365)
 
-COUNTED_ADMIN_STATUS = frozenset({"completed", "in-progress"})
+COUNTED_ADMIN_STATUS = frozenset({"completed", "in-progress", "stopped"})  # stopped: only with a dose (§4.3)
 COUNTED_STATEMENT_STATUS = frozenset({"active", "completed", "intended"})
 COUNTED_REQUEST_STATUS = frozenset({"active", "completed"})
 
@@ -235,6 +235,8 @@ def session_from_administration(
     dose = dose_in_mg(
         dosage.get("dose"), dosage.get("rateQuantity") or dosage.get("rateRatio"), hours, start, weights, medication
     )
+    if resource.get("status") == "stopped" and dose.missing:
+        return None  # a stopped administration counts for what was given; with no dose, nothing is known given
     return Session(ref, "administration", start, end, dose, label, matched_by, _route(dosage))
 
 
@@ -361,13 +363,15 @@ def max_sessions_in_period(
 
     With ``consecutive=2`` and a 7-day period this answers "> 3 sessions in 7 days for
     ≥ 2 consecutive weeks": for every candidate end time we count each of the two weeks
-    before it and keep the smaller count; the result is the best such minimum.
+    before it and keep the smaller count; the result is the best such minimum. A count only
+    grows when a period's upper edge reaches a session, so the candidate ends are every
+    session start shifted by 0 … ``consecutive - 1`` periods (not the starts alone).
     """
     starts = sorted(s.start for s in sessions)
     if not starts:
         return 0, []
     best, best_end = 0, starts[-1]
-    for end in starts:
+    for end in sorted({t + period * k for t in starts for k in range(consecutive)}):
         counts = []
         for k in range(consecutive):
             hi, lo = end - period * k, end - period * (k + 1)

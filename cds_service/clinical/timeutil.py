@@ -29,7 +29,10 @@ def parse_instant(text: str) -> datetime:
     partial = _PARTIAL_DATE.match(text)
     if partial:
         year, month, day = partial.groups()
-        return datetime(int(year), int(month or 1), int(day or 1), tzinfo=UTC)
+        try:
+            return datetime(int(year), int(month or 1), int(day or 1), tzinfo=UTC)
+        except ValueError as exc:  # 2026-13-01, 2026-02-30: callers catch TimeError, not ValueError
+            raise TimeError(f"not a date or time: {text!r}") from exc
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as exc:
@@ -72,8 +75,8 @@ def format_duration(seconds: float) -> str:
     """Human wording for a span: ``40 min``, ``52 h``, ``3.5 d``, ``7.2 months``."""
     if seconds < 3600:
         return f"{seconds / 60:.0f} min"
-    if seconds < 3 * 86400:
-        return f"{seconds / 3600:.0f} h"
+    if seconds < 3 * 86400:  # one decimal: "20 mg/h × 2.5 h" must multiply out to the 50 mg shown
+        return f"{seconds / 3600:.1f} h".replace(".0 h", " h")
     days = seconds / 86400
     if days < 90:
         return f"{days:.1f} d".replace(".0 d", " d")
@@ -100,6 +103,8 @@ def parse_relative(text: str, now: datetime) -> datetime:
         return now + timedelta(hours=n)
     if unit in _UNIT_DAYS:
         return now + timedelta(days=n * _UNIT_DAYS[unit])
+    if not n.is_integer():  # isodate keeps whole calendar months; -1.5mo would silently become -1mo
+        raise TimeError(f"months and years must be whole numbers: {text!r}")
     months = int(n) if unit == "mo" else int(n) * 12
     return now + isodate.Duration(months=months)
 

@@ -8,6 +8,7 @@ truth with the value they computed, the evidence that satisfied them and what wa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -267,10 +268,22 @@ class Combine:
 # ------------------------------------------------------------------ building blocks
 
 
-def _threshold_truth(value: float, comparisons: Sequence[Compare], unknown_could_reach: bool) -> Truth:
-    if compare_all(comparisons, value):
+def _threshold_truth(value: float, comparisons: Sequence[Compare], could_add: float) -> Truth:
+    """Truth of ``value`` when up to ``could_add`` more may be missing (``math.inf``: any amount).
+
+    Missing data only ever adds (an unreadable finding, a session without a dose): a lower
+    bound already met stays met, but an upper bound met now may still be broken (UNKNOWN).
+    """
+    if not could_add:
+        return Truth.of(compare_all(comparisons, value))
+    high = value + could_add
+    if compare_all(comparisons, value) and compare_all(comparisons, high):
         return Truth.TRUE
-    return Truth.UNKNOWN if unknown_could_reach else Truth.FALSE
+    # The values that pass form one interval; probe its lowest point reachable from ``value``.
+    lows = [c._number() for c in comparisons if c.op in ("at_least", "above", "equals")]
+    probe = max([value, *lows])
+    could = any(x <= high and compare_all(comparisons, x) for x in (probe, math.nextafter(probe, math.inf)))
+    return Truth.UNKNOWN if could else Truth.FALSE
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,9 +323,7 @@ class Count:
             elif truth is Truth.UNKNOWN:
                 undecided.append(note or f"{finding.ref}: undecidable")
         count = self._count(passed, data)
-        # Each undecided finding could add at most one to the count.
-        could = compare_all(self.comparisons, count + len(undecided)) if undecided else False
-        truth = _threshold_truth(count, self.comparisons, could)
+        truth = _threshold_truth(count, self.comparisons, len(undecided))  # each could add at most one
         detail = f"{count} {self.distinct + ' ' if self.distinct else ''}match(es) {ctx.span_text(span)}"
         detail += f", need {describe_all(self.comparisons)}"
         if self.where:
@@ -478,7 +489,7 @@ class CumulativeDose:
             return Outcome(Truth.FALSE, 0, span)
         sessions = [s for s in ctx.sessions(self.data, planned=self.planned) if ctx.inside(s.start, span)]
         total = ex.cumulative_mg(sessions)
-        truth = _threshold_truth(total.mg, self.comparisons, bool(total.missing))
+        truth = _threshold_truth(total.mg, self.comparisons, math.inf if total.missing else 0.0)
         detail = f"{total.mg:g} mg in {len(total.counted)} session(s) {ctx.span_text(span)}"
         detail += f", need {describe_all(self.comparisons)}"
         missing = [f"{s.ref}: {s.dose.how}" for s in total.missing]
@@ -670,11 +681,11 @@ class DraftOrder:
         hits = [s for s in planned if s.dose.mg is not None and compare_all(self.dose, s.dose.mg)]
         unknown = [f"{s.ref}: {s.dose.how}" for s in planned if s.dose.mg is None]
         truth = Truth.TRUE if hits else (Truth.UNKNOWN if unknown else Truth.FALSE)
-        detail = f"{len(hits)} draft order(s) with dose {describe_all(self.dose)} mg"
+        detail = f"{len(hits)} draft order(s) with dose {describe_all(self.dose)}"
         return Outcome(truth, len(hits), detail, [session_evidence(s) for s in hits], unknown if not hits else [])
 
     def describe(self) -> str:
-        dose = f" with dose {describe_all(self.dose)} mg" if self.dose else ""
+        dose = f" with dose {describe_all(self.dose)}" if self.dose else ""
         return f"draft {self.data} order{dose}"
 
 

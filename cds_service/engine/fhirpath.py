@@ -24,14 +24,14 @@ _MODEL = models["r4"]
 
 class _Collect(ErrorListener):
     def __init__(self) -> None:
-        self.errors: list[tuple[int, str]] = []
+        self.errors: list[tuple[int, int, str]] = []
 
     def syntaxError(self, recognizer: Any, offendingSymbol: Any, line: int, column: int, msg: str, e: Any) -> None:
-        self.errors.append((column, msg))
+        self.errors.append((line, column, msg))
 
 
-def syntax_errors(expression: str) -> list[tuple[int, str]]:
-    """(column, message) for every syntax error, plus use of clock functions."""
+def syntax_errors(expression: str) -> list[tuple[int, int, str]]:
+    """(line, column, message) for every syntax error, plus use of clock functions (line 1-based, column 0-based)."""
     listener = _Collect()
     lexer = FHIRPathLexer(InputStream(expression))
     lexer.removeErrorListeners()
@@ -43,16 +43,16 @@ def syntax_errors(expression: str) -> list[tuple[int, str]]:
     try:
         parser.expression()
     except Exception as exc:  # the lexer can raise on characters it has no token for
-        listener.errors.append((0, str(exc)))
+        listener.errors.append((1, 0, str(exc)))
     if not listener.errors and parser.getCurrentToken().type != Token.EOF:
         token = parser.getCurrentToken()
-        listener.errors.append((token.column, f"unexpected {token.text!r} after a complete expression"))
+        listener.errors.append((token.line, token.column, f"unexpected {token.text!r} after a complete expression"))
     stream.fill()
     tokens = stream.tokens
     for i, token in enumerate(tokens[:-1]):
         if token.text in CLOCK_FUNCTIONS and tokens[i + 1].text == "(":
             listener.errors.append(
-                (token.column, f"{token.text}() reads the clock; use %now (evaluation is given its time)")
+                (token.line, token.column, f"{token.text}() reads the clock; use %now (evaluation is given its time)")
             )
     return listener.errors
 

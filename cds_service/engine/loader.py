@@ -98,20 +98,45 @@ def schema_check(located: Located, schema_name: str) -> tuple[list[Problem], boo
     problems = []
     structural = False
     for error in sorted(validator.iter_errors(located.data), key=lambda e: list(map(str, e.absolute_path))):
-        if error.context:
-            error = jsonschema.exceptions.best_match(error.context)
+        error, siblings = _meant(error)
         path: Path_ = tuple(error.absolute_path)
         if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
-            allowed = set(error.schema.get("properties", {}))
-            for key in error.instance:
-                if key not in allowed and not any(re.match(p, key) for p in error.schema.get("patternProperties", {})):
-                    hint = _closest(key, allowed)
-                    problems.append(located.problem((*path, key), f"unknown key {key!r}{hint}", key=True))
-            continue
+            # Keys that any branch of a oneOf accepts here: ``cuont:`` should suggest ``count``.
+            allowed = {
+                key
+                for other in siblings
+                if other.validator == "additionalProperties" and other.absolute_path == error.absolute_path
+                for key in other.schema.get("properties", {})
+            }
+            patterns = error.schema.get("patternProperties", {})
+            unknown = [k for k in error.instance if k not in allowed and not any(re.match(p, k) for p in patterns)]
+            for key in unknown:
+                problems.append(located.problem((*path, key), f"unknown key {key!r}{_closest(key, allowed)}", key=True))
+            if unknown:
+                continue
         structural = True
         where = ".".join(map(str, path)) or "document"
         problems.append(located.problem(path, f"{where}: {error.message}"))
     return problems, structural
+
+
+_WEAK = ("type", "required")
+
+
+def _meant(error: jsonschema.ValidationError) -> tuple[jsonschema.ValidationError, list[jsonschema.ValidationError]]:
+    """Inside a oneOf/anyOf, the error of the branch the author meant (it got deepest), and its siblings.
+
+    A typo inside ``count:`` fails every branch of a condition; the count branch's error lies
+    deeper in the document, while "is not of type 'string'" (the name branch) helps nobody.
+    """
+    siblings = [error]
+    while error.context:
+        siblings = list(error.context)
+        error = max(
+            siblings,
+            key=lambda e: (len(e.absolute_path), e.validator == "additionalProperties", e.validator not in _WEAK),
+        )
+    return error, siblings
 
 
 def _closest(word: str, options: Iterable[str]) -> str:
@@ -257,6 +282,7 @@ class RuleCompiler:
         self.used_parameters: set[str] = set()
         self.data_reqs: dict[str, DataRequirement] = {}
         self.windows: dict[str, Window] = {}
+        self.broken_windows: set[str] = set()  # declared, but invalid (already reported where declared)
         self.condition_names = set((self.doc.get("conditions") or {}).keys())
         self.env = SandboxedEnvironment(
             undefined=StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True
@@ -274,7 +300,8 @@ class RuleCompiler:
             name = raw[1:]
             parameter = self.parameters.get(name)
             if parameter is None:
-                self.problem(path, f"unknown parameter {raw!r}{_closest(name, self.parameters)}")
+                if name not in (self.doc.get("parameters") or {}):  # declared but invalid: reported where declared
+                    self.problem(path, f"unknown parameter {raw!r}{_closest(name, self.parameters)}")
                 return None
             self.used_parameters.add(name)
             if parameter.type not in kinds:
@@ -334,7 +361,7 @@ class RuleCompiler:
             return None
         if isinstance(raw, str):
             window = self.windows.get(raw)
-            if window is None:
+            if window is None and raw not in self.broken_windows:
                 self.problem(path, f"unknown window {raw!r}{_closest(raw, self.windows)}")
             return window
         if not isinstance(raw, Mapping):
@@ -375,13 +402,15 @@ class RuleCompiler:
             self.problem(path, "FHIRPath expression must be a non-empty string")
             return None
         errors = syntax_errors(raw)
-        for column, message in errors:
-            line, col = self.located.where(path)
+        for row, column, message in errors:
+            line, col = self.located.text_at(path, row, column)
             short = message if len(message) < 160 else message[:157] + "…"
-            self.problems.append(Problem(self.located.file, line, col + column, f"FHIRPath: {short}"))
+            self.problems.append(Problem(self.located.file, line, col, f"FHIRPath: {short}"))
+        variables = set(_fhirpath_variables(raw))
+        self.used_parameters |= variables & set(self.parameters)
         for name in sorted(
-            set(_fhirpath_variables(raw))
-            - set(self.parameters)
+            variables
+            - set(self.doc.get("parameters") or {})
             - {"now", "ucum", "context", "resource", "rootResource"}
         ):
             self.problem(path, f"FHIRPath variable %{name} is neither a parameter nor %now")
@@ -396,6 +425,8 @@ class RuleCompiler:
             window = self.window(raw, ("windows", name))
             if window is not None:
                 self.windows[name] = Window(name, window.start, window.end)
+            else:
+                self.broken_windows.add(name)
         course = self._course()
         compiled: dict[str, cond.Node] = {}
         for name, raw in (doc.get("conditions") or {}).items():
@@ -554,10 +585,8 @@ class RuleCompiler:
         try:
             ast = self.env.parse(source)
         except TemplateSyntaxError as exc:
-            line, col = self.located.where(path)
-            self.problems.append(
-                Problem(self.located.file, line + (exc.lineno or 1) - 1, col, f"template: {exc.message}")
-            )
+            line, col = self.located.text_at(path, exc.lineno or 1)
+            self.problems.append(Problem(self.located.file, line, col, f"template: {exc.message}"))
             return None
         for name in sorted(meta.find_undeclared_variables(ast) - TEMPLATE_NAMES):
             self.problem(

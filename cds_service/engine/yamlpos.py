@@ -51,6 +51,37 @@ class Located:
     data: Any
     values: dict[Path_, tuple[int, int]] = field(default_factory=dict)
     keys: dict[Path_, tuple[int, int]] = field(default_factory=dict)
+    styles: dict[Path_, str] = field(default_factory=dict)  # scalar style: "" plain, '"', "'", "|", ">"
+    lines: list[str] = field(default_factory=list, repr=False)
+
+    def text_at(self, path: Path_, line: int = 1, column: int = 0) -> tuple[int, int]:
+        """File line and column of a character inside a scalar's text (``line`` 1-based, ``column`` 0-based).
+
+        FHIRPath and template errors are positions inside a value: a quoted value starts one
+        column after its quote, a block value (``|``, ``>``) on the line after its indicator,
+        and folded or multi-line values join their source lines with single spaces.
+        """
+        first, col = self.where(path)
+        style = self.styles.get(tuple(path))
+        if style is None:
+            return first, col + column
+        if style in ("|", ">"):
+            first += 1
+            text = next((t for t in self.lines[first - 1 :] if t.strip()), "")  # indentation of the content
+            col = len(text) - len(text.lstrip(" ")) + 1
+        elif style:
+            col += 1  # past the opening quote
+        if style == "|" or line > 1:
+            return first + line - 1, col + column
+        row, remaining = first, column
+        while row < len(self.lines):
+            segment = self.lines[row - 1][col - 1 :].rstrip()
+            nxt = self.lines[row]
+            if remaining <= len(segment) or not nxt.strip():
+                break
+            remaining -= len(segment) + 1
+            row, col = row + 1, len(nxt) - len(nxt.lstrip(" ")) + 1
+        return row, col + remaining
 
     def where(self, path: Path_, *, key: bool = False) -> tuple[int, int]:
         """Line and column of a path (or its nearest located ancestor)."""
@@ -84,7 +115,7 @@ def load_text(text: str, file: str) -> Located:
         raise YamlError(Problem(file, line, col, f"YAML syntax: {exc.problem or exc}")) from exc
     except yaml.YAMLError as exc:
         raise YamlError(Problem(file, 1, 1, f"YAML: {exc}")) from exc
-    located = Located(file, None)
+    located = Located(file, None, lines=text.splitlines())
     if node is None:
         return located
     constructor = _Loader(text)
@@ -118,4 +149,5 @@ def _build(node: yaml.Node, path: Path_, located: Located, constructor: yaml.Saf
         return result
     if isinstance(node, yaml.SequenceNode):
         return [_build(item, (*path, i), located, constructor) for i, item in enumerate(node.value)]
+    located.styles[path] = node.style or ""
     return constructor.construct_object(node, deep=True)
