@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cds_service.clinical import exposure as ex
@@ -163,14 +163,62 @@ class ValueTest:
 
 
 @dataclass(frozen=True, slots=True)
+class Near:
+    """Another finding or session close in time: ``within`` either side of it, or only ``after`` it.
+
+    Pairs findings the way clinicians do: pyuria with a sterile culture within ± 7 days
+    (KB-03), symptoms within 72 h after a session (KB-01), a positive urine ketamine screen
+    *not* near a clinical session (KB-14, with ``negate``).
+    """
+
+    data: str
+    within: Duration | None
+    after: Duration | None
+    where: Where | None
+    negate: bool = False
+
+    def _close(self, time: datetime, start: datetime, end: datetime) -> bool:
+        if self.after is not None:
+            return start <= time <= end + self.after
+        assert self.within is not None
+        return start - self.within <= time <= end + self.within
+
+    def test(self, finding: Finding, ctx: RuleContext) -> tuple[Truth, str | None]:
+        if finding.time is None:
+            return Truth.UNKNOWN, f"{finding.ref}: no date to pair with {self.data}"
+        data = ctx.data(self.data)
+        if data.is_medication:
+            hit = any(self._close(finding.time, s.start, s.end) for s in ctx.sessions(self.data, planned=False))
+            truth = Truth.of(hit)
+        else:
+            truths = [
+                self.where.test(other, data, ctx)[0] if self.where else Truth.TRUE
+                for other in ctx.findings(self.data)
+                if other is not finding and other.time is not None
+                and self._close(finding.time, other.time, other.end or other.time)
+            ]
+            truth = any_of(truths)
+        note = f"{finding.ref}: undecided whether {self.data} is near" if truth is Truth.UNKNOWN else None
+        return (not_of(truth) if self.negate else truth), note
+
+    def describe(self) -> str:
+        span = self.after if self.after is not None else self.within
+        assert span is not None
+        when = "after" if self.after is not None else "within ±"
+        where = f" where {self.where.describe()}" if self.where else ""
+        return f"{'no ' if self.negate else ''}{self.data}{where} {when} {format_duration(duration_seconds(span))}"
+
+
+@dataclass(frozen=True, slots=True)
 class Where:
-    """A filter on findings: value test, statuses, kinds (value-set classes), FHIRPath, any-of."""
+    """A filter on findings: value test, statuses, kinds (value-set classes), FHIRPath, nearness, any-of."""
 
     value: ValueTest | None = None
     status: frozenset[str] | None = None
     kinds: frozenset[str] | None = None
     fhirpath: FhirPath | None = None
     alternatives: tuple[Where, ...] = ()
+    near: tuple[Near, ...] = ()
 
     def test(self, finding: Finding, data: DataRequirement, ctx: RuleContext) -> tuple[Truth, str | None]:
         truths: list[Truth] = []
@@ -188,6 +236,10 @@ class Where:
             truths.append(Truth.UNKNOWN if verdict is None else Truth.of(verdict))
             if verdict is None:
                 note = f"{finding.ref}: FHIRPath could not be evaluated"
+        for near in self.near:
+            truth, near_note = near.test(finding, ctx)
+            truths.append(truth)
+            note = note or near_note
         if self.alternatives:
             results = [alt.test(finding, data, ctx) for alt in self.alternatives]
             truths.append(any_of([t for t, _ in results]))
@@ -204,6 +256,7 @@ class Where:
             parts.append(f"kind in {sorted(self.kinds)}")
         if self.fhirpath is not None:
             parts.append(f"FHIRPath {self.fhirpath.expression!r}")
+        parts.extend(near.describe() for near in self.near)
         if self.alternatives:
             parts.append("(" + " or ".join(a.describe() for a in self.alternatives) + ")")
         return " and ".join(parts)
@@ -868,7 +921,27 @@ def _where(raw: Any, path: tuple[str | int, ...], scope: Scope, data: DataRequir
     alternatives = tuple(
         w for i, alt in enumerate(raw.get("any") or []) if (w := _where(alt, (*path, "any", i), scope, data))
     )
-    return Where(value, status, kinds, fhirpath, alternatives)
+    pairs = [_near(raw[key], (*path, key), scope, key == "not_near") for key in ("near", "not_near") if key in raw]
+    near = tuple(n for n in pairs if n is not None)
+    return Where(value, status, kinds, fhirpath, alternatives, near)
+
+
+def _near(raw: Any, path: tuple[str | int, ...], scope: Scope, negate: bool) -> Near | None:
+    if not isinstance(raw, Mapping):
+        scope.problem(path, "near needs data and within or after")
+        return None
+    data = scope.data(raw.get("data"), (*path, "data"))
+    if ("within" in raw) == ("after" in raw):
+        scope.problem(path, "near needs exactly one of within (either side) or after (after the other only)")
+        return None
+    key = "within" if "within" in raw else "after"
+    span = scope.value(raw[key], (*path, key), ("duration",))
+    where = _where(raw.get("where"), (*path, "where"), scope, data)
+    if data is not None and data.is_medication and where is not None:
+        scope.problem((*path, "where"), "near a session takes no where filter")
+    if data is None or span is None:
+        return None
+    return Near(data.key, span if key == "within" else None, span if key == "after" else None, where, negate)
 
 
 def _count(body: Mapping[str, Any], path: tuple[str | int, ...], scope: Scope) -> Node | None:
