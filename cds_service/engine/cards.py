@@ -18,7 +18,7 @@ from typing import Any
 from cds_service.clinical.timeutil import duration_seconds, format_duration
 from cds_service.engine.evaluate import Evaluation, RuleResult
 from cds_service.engine.model import Ordinal, Quantity, Rule, Suggestion
-from cds_service.engine.trace import Evidence
+from cds_service.engine.trace import Evidence, Truth
 
 SUMMARY_MAX = 139
 EXT = "org.kbladder-cds"
@@ -34,7 +34,7 @@ class CardSettings:
 
 
 def template_context(result: RuleResult) -> dict[str, Any]:
-    """Variables a card template sees: rule, params, cond (values), course, tier."""
+    """Variables a card template sees: rule, params, cond (values), holds (truths), course, tier."""
     rule = result.rule
     ctx = result.context
     course: dict[str, Any] = {"sessions": 0, "planned": 0, "days": 0, "start": "", "mg": 0}
@@ -54,6 +54,7 @@ def template_context(result: RuleResult) -> dict[str, Any]:
         "rule": {"id": rule.id, "version": rule.version, "title": rule.title},
         "params": {name: _show(p.value) for name, p in rule.parameters.items()},
         "cond": {name: o.value for name, o in result.conditions.items()},
+        "holds": {name: o.truth is Truth.TRUE for name, o in result.conditions.items()},
         "course": course,
         "tier": result.fired.indicator if result.fired else "",
     }

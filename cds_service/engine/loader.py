@@ -61,7 +61,7 @@ from cds_service.engine.yamlpos import Located, Path_, Problem, YamlError, load_
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "rules" / "schema"
 OVERRIDE_SYSTEM = "https://kbladder-cds.org/fhir/CodeSystem/override-reason"
-TEMPLATE_NAMES = frozenset({"rule", "params", "cond", "course", "tier"})
+TEMPLATE_NAMES = frozenset({"rule", "params", "cond", "holds", "course", "tier"})
 RULE_FILE_SUFFIXES = (".yaml", ".yml")
 
 
