@@ -130,5 +130,25 @@ def explain_cmd(patient_file: Path, hook: str, now: str | None, draft_file: Path
         click.echo(f"  [{card['indicator']}] {card['summary']}")
 
 
+@main.command("serve")
+@click.option("--host", envvar="KBLADDER_HOST", help="Address to bind (default 127.0.0.1).")
+@click.option("--port", envvar="KBLADDER_PORT", type=int, help="Port (default 8080).")
+@click.option("--rules", "rules_dir", envvar="KBLADDER_RULES_DIR", help="Rule folder (default rules).")
+@click.option("--site", "site_file", envvar="KBLADDER_SITE_FILE", help="Site configuration file.")
+@click.option("--database-url", envvar="KBLADDER_DATABASE_URL",
+              help="SQLAlchemy URL (default sqlite:///var/kbladder.sqlite3).")
+@click.option("--workers", envvar="KBLADDER_WORKERS", type=int, help="1: threaded server; more: gunicorn.")
+def serve_cmd(**options: Any) -> None:
+    """Serve the CDS Hooks endpoints (other settings: KBLADDER_* environment variables)."""
+    from cds_service.config import ConfigError, Settings
+    from cds_service.serve import serve
+
+    try:
+        settings = Settings.load(**options)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+    serve(settings)
+
+
 if __name__ == "__main__":
     main()

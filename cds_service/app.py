@@ -1,0 +1,75 @@
+"""Application factory: settings → live rule set → store → blueprints (as in Flask's own tutorial).
+
+Tests pass their own ``rules_state`` and ``store``; ``kbladder serve`` (and each gunicorn worker) calls
+``create_app(settings)`` and gets the polling rule state and the configured database.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Flask, Response, g, request
+
+from cds_service.config import Settings
+from cds_service.http import discovery, feedback, health, hooks
+from cds_service.http.context import EXTENSION, ServiceContext
+from cds_service.http.cors import install_cors
+from cds_service.http.errors import register_error_handlers
+from cds_service.rules_state import RulesState
+from cds_service.store import Store
+
+access_log = logging.getLogger("cds_service.access")
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    rules_state: RulesState | None = None,
+    store: Store | None = None,
+) -> Flask:
+    """A ready Flask app. Without *rules_state*/*store*, they are built from *settings* (polling on)."""
+    settings = settings or Settings.load()
+    if rules_state is None:
+        rules_state = RulesState([settings.rules_dir], site=settings.site_file,
+                                 reload_interval_s=settings.reload_interval_s)
+        rules_state.start_polling()
+    if store is None:
+        store = Store(settings.database_url)
+
+    app = Flask(__name__)
+    # One byte over the limit: werkzeug silently truncates chunked bodies at MAX_CONTENT_LENGTH, so
+    # http/body.py reads limit + 1 bytes to tell "exactly at the limit" from "too large" (413).
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
+    app.json.sort_keys = False  # keep card fields in the order the spec lists them
+    app.extensions[EXTENSION] = ServiceContext(settings, rules_state, store)
+    for blueprint in (discovery.bp, hooks.bp, feedback.bp, health.bp):
+        app.register_blueprint(blueprint)
+    register_error_handlers(app)
+    install_cors(app, settings.cors_origins)
+    _install_access_log(app)
+    return app
+
+
+def _install_access_log(app: Flask) -> None:
+    """One JSON line per request: method, path, status, ms (never headers, query values or bodies)."""
+
+    @app.before_request
+    def _start() -> None:
+        g.started = time.monotonic()
+
+    @app.after_request
+    def _log(response: Response) -> Response:
+        fields = {
+            "method": request.method,
+            "path": request.path,
+            "status": response.status_code,
+            "ms": round((time.monotonic() - g.get("started", time.monotonic())) * 1000, 1),
+        }
+        if g.get("hook_instance"):
+            fields["hook"] = g.get("hook")
+            fields["hookInstance"] = g.hook_instance
+        if g.get("cards") is not None:
+            fields["cards"] = g.cards
+        access_log.info("request", extra={"fields": fields})
+        return response

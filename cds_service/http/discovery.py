@@ -1,0 +1,15 @@
+"""GET /cds-services: one service per hook, prefetch generated from the rules loaded right now."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+
+from .context import service_context
+from .services import discovery_document
+
+bp = Blueprint("discovery", __name__)
+
+
+@bp.get("/cds-services")
+def discovery() -> Response:
+    return jsonify(discovery_document(service_context().rules.ruleset))

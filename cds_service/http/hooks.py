@@ -1,0 +1,64 @@
+"""POST /cds-services/<id>: validate, answer with cards, log the cards issued.
+
+Order of checks: unknown service (404) → media type (415) → size (413) → JSON (400) → CDS Hooks shape
+(400 naming the field) → data (412 when neither prefetch nor FHIR access can supply it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+
+from flask import Blueprint, Response, g, jsonify
+from sqlalchemy.exc import SQLAlchemyError
+
+from cds_service.cdshooks import parse_hook_request
+from cds_service.fhir.prefetch import PrefetchUnavailable
+
+from .body import read_json
+from .context import service_context
+from .errors import error_response
+from .pipeline import card_issues, run_hook
+from .services import SERVICES
+
+log = logging.getLogger("cds_service.http")
+
+bp = Blueprint("hooks", __name__)
+
+
+@bp.post("/cds-services/<service_id>")
+def invoke(service_id: str) -> Response:
+    service = SERVICES.get(service_id)
+    if service is None:
+        return error_response(404, "unknown CDS service", field="id")
+    ctx = service_context()
+    body = read_json(ctx.settings.max_body_bytes)
+    # D4: one id could serve several hooks; ours serve one each, so request.hook must be that one.
+    request = parse_hook_request(body, served_hooks={service.hook},
+                                 require_https=ctx.settings.require_https_fhir)
+    g.hook_instance = request.hook_instance
+    g.hook = request.hook
+    ruleset = ctx.rules.ruleset
+    if ruleset is None:
+        return error_response(503, "no valid rule set is loaded")
+
+    started = time.monotonic()
+    try:
+        outcome = run_hook(request, ruleset, ctx.settings, datetime.now(UTC))
+    except PrefetchUnavailable as exc:
+        return error_response(412, "prefetch missing and no FHIR server access", field="prefetch",
+                              missing=exc.keys)
+    g.cards = len(outcome.cards)
+    log.info("hook answered", extra={"fields": {
+        "hook": request.hook, "hookInstance": request.hook_instance, "service": service.id,
+        "cards": len(outcome.cards), "missing": sorted(outcome.missing), "skipped": len(outcome.skipped),
+        "sources": outcome.sources, "rulesVersion": ruleset.version,
+        "ms": round((time.monotonic() - started) * 1000, 1)}})
+
+    if ctx.store is not None and outcome.cards:
+        try:  # the audit log must never withhold advice from a clinician
+            ctx.store.record_cards(request.hook_instance, service.id, card_issues(outcome.cards), datetime.now(UTC))
+        except SQLAlchemyError as exc:
+            log.error("could not record cards: %s", type(exc).__name__)
+    return jsonify(outcome.body)

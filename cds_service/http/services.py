@@ -1,0 +1,124 @@
+"""Our CDS services (one per hook) and their prefetch templates, derived from the loaded rules.
+
+Templates come from the rules' data requirements, never from hand-written lists, so a new rule that
+reads a new resource type is prefetched without a code change. Every generated template is checked
+with ``template_problems``: an EHR silently drops a template it cannot run.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from cds_service.cdshooks import template_problems
+from cds_service.engine.model import MEDICATION_RESOURCES, RuleSet
+
+log = logging.getLogger("cds_service.http")
+
+PATIENT_KEY = "patient"
+COUNT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    id: str
+    hook: str
+    title: str
+    description: str
+
+
+SERVICES: dict[str, Service] = {
+    s.id: s
+    for s in (
+        Service("kbladder-patient-view", "patient-view", "Ketamine bladder injury: record review",
+                "Warns when a patient's record shows ketamine exposure together with signs of bladder injury."),
+        Service("kbladder-order-select", "order-select", "Ketamine bladder injury: order selection",
+                "Checks newly selected ketamine or esketamine orders against signs of bladder injury."),
+        Service("kbladder-order-sign", "order-sign", "Ketamine bladder injury: order signing",
+                "Checks ketamine or esketamine orders about to be signed against signs of bladder injury."),
+    )
+}
+
+USAGE = ("Send prefetch for every template, or fhirServer with fhirAuthorization (read access to the "
+         "patient's Patient, MedicationAdministration/Request/Statement, Observation and Condition, and to "
+         "Medication resources those reference).")
+
+
+def prefetch_key(resource_type: str) -> str:
+    """``MedicationAdministration`` → ``medicationAdministration``: one key per resource type."""
+    return resource_type[:1].lower() + resource_type[1:]
+
+
+def resource_type_of(key: str) -> str:
+    """Inverse of :func:`prefetch_key`."""
+    return key[:1].upper() + key[1:]
+
+
+def build_templates(ruleset: RuleSet | None, hook: str) -> dict[str, str]:
+    """Prefetch templates for *hook*: the Patient read, and one search per resource type the rules read.
+
+    A type gets a ``code=`` filter listing every code of every value set the hook's rules use for it,
+    unless some of those matches are by text (medications, or any set with text fallbacks): a code
+    filter would silently drop text-only matches, which is worse than fetching more.
+    """
+    templates = {PATIENT_KEY: "Patient/{{context.patientId}}"}
+    if ruleset is None:
+        return templates
+    codes: dict[str, set[str]] = {}
+    unfiltered: set[str] = set()
+    for rule in ruleset.for_hook(hook):
+        for requirement in rule.data.values():
+            vs = requirement.valueset
+            for rtype in requirement.resources:
+                codes.setdefault(rtype, set()).update(f"{system}|{code}" for system, code in vs.concepts)
+                if rtype in MEDICATION_RESOURCES or vs.text or not vs.concepts:
+                    unfiltered.add(rtype)
+    for rtype in sorted(codes):
+        if rtype == "Patient":
+            continue
+        query = f"{rtype}?patient={{{{context.patientId}}}}"
+        if rtype not in unfiltered and codes[rtype]:
+            query += "&code=" + ",".join(sorted(codes[rtype]))
+        templates[prefetch_key(rtype)] = f"{query}&_count={COUNT}"
+    for key, template in list(templates.items()):
+        problems = template_problems(template, hook)
+        if problems:
+            log.error("prefetch template %s for %s dropped: %s", key, hook, "; ".join(problems))
+            del templates[key]
+    return templates
+
+
+_cache: dict[tuple[str, str], dict[str, str]] = {}
+_cache_lock = threading.Lock()
+
+
+def templates_for(ruleset: RuleSet | None, hook: str) -> dict[str, str]:
+    """:func:`build_templates`, cached per rule-set version (rule sets are immutable)."""
+    key = (ruleset.digest if ruleset else "", hook)
+    found = _cache.get(key)
+    if found is None:
+        found = build_templates(ruleset, hook)
+        with _cache_lock:
+            if len(_cache) > 32:
+                _cache.clear()
+            _cache[key] = found
+    return dict(found)
+
+
+def discovery_document(ruleset: RuleSet | None) -> dict[str, Any]:
+    """The body of GET /cds-services."""
+    return {
+        "services": [
+            {
+                "hook": s.hook,
+                "id": s.id,
+                "title": s.title,
+                "description": s.description,
+                "usageRequirements": USAGE,
+                "prefetch": templates_for(ruleset, s.hook),
+            }
+            for s in SERVICES.values()
+        ]
+    }

@@ -1,0 +1,140 @@
+"""Run the service: werkzeug's threaded server for one worker, gunicorn for several.
+
+Both shut down gracefully on SIGTERM (in-flight requests finish). Rule reloads: the rule files are
+polled in every process; with one worker SIGHUP reloads at once, with gunicorn SIGHUP makes the
+master restart its workers, which load the current files.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.serving import WSGIRequestHandler, make_server
+
+from cds_service.app import create_app
+from cds_service.config import Settings
+from cds_service.logjson import configure_logging
+from cds_service.rules_state import RulesState
+from cds_service.store import Store
+
+log = logging.getLogger("cds_service.serve")
+
+REQUEST_SOCKET_TIMEOUT_S = 30
+
+_JSON_HANDLER = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+#: gunicorn's own messages (master and workers) as JSON lines too.
+GUNICORN_LOGGING: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "cds_service.logjson.JsonFormatter"}},
+    "handlers": {"json_stderr": _JSON_HANDLER},
+    "root": {"level": "INFO", "handlers": ["json_stderr"]},
+    "loggers": {
+        "gunicorn.error": {"level": "INFO", "handlers": ["json_stderr"], "propagate": False},
+        # Off: cds_service.access already logs each request (without the request line's query string).
+        "gunicorn.access": {"level": "CRITICAL", "handlers": [], "propagate": False},
+    },
+}
+
+
+def prepare(settings: Settings) -> None:
+    """Create the folder of a SQLite database file (``var/`` by default)."""
+    url = settings.database_url
+    if url.startswith("sqlite:///") and ":memory:" not in url:
+        path = url.removeprefix("sqlite:///").split("?", 1)[0]
+        if path:
+            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def serve(settings: Settings) -> None:
+    """Start serving with *settings*; returns after a graceful shutdown."""
+    configure_logging()
+    prepare(settings)
+    if settings.workers > 1:
+        _serve_gunicorn(settings)
+    else:
+        _serve_werkzeug(settings)
+
+
+class _RequestHandler(WSGIRequestHandler):
+    """A socket timeout, so a client that stops sending cannot hold a thread (or the shutdown) forever."""
+
+    timeout = REQUEST_SOCKET_TIMEOUT_S
+
+
+def _serve_werkzeug(settings: Settings) -> None:
+    rules = RulesState([settings.rules_dir], site=settings.site_file, reload_interval_s=settings.reload_interval_s)
+    if rules.ruleset is None:
+        log.error("no valid rule set at start; serving 503 on hooks until the files are fixed")
+    try:
+        store = Store(settings.database_url)
+    except (SQLAlchemyError, ValueError) as exc:  # the message could carry connection details
+        log.error("database unavailable", extra={"fields": {"error": type(exc).__name__}})
+        raise SystemExit(2) from None
+    try:
+        server = make_server(settings.host, settings.port, create_app(settings, rules_state=rules, store=store),
+                             threaded=True, request_handler=_RequestHandler)
+    except OSError as exc:
+        log.error("cannot listen", extra={"fields": {"host": settings.host, "port": settings.port,
+                                                     "error": exc.strerror or type(exc).__name__}})
+        raise SystemExit(2) from None
+    # werkzeug marks request threads as daemons, which server_close() does not wait for: a SIGTERM would
+    # cut off answers in flight. Non-daemon threads are joined, so every started request is answered.
+    server.daemon_threads = False
+    rules.start_polling()
+    rules.install_sighup()
+
+    def stop(signum: int, _frame: object) -> None:
+        log.info("shutting down", extra={"fields": {"signal": signal.Signals(signum).name}})
+        # shutdown() waits for serve_forever to return: call it from another thread.
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("serving", extra={"fields": {"host": settings.host, "port": server.server_port, "workers": 1,
+                                          "rulesVersion": rules.ruleset.version if rules.ruleset else None}})
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+        rules.stop_polling()
+        store.dispose()
+        log.info("stopped")
+
+
+def _serve_gunicorn(settings: Settings) -> None:
+    from gunicorn.app.base import BaseApplication
+
+    class KbladderApplication(BaseApplication):  # type: ignore[misc]
+        """gunicorn without a config file: options from Settings, one app per worker (after fork)."""
+
+        def __init__(self, settings: Settings) -> None:
+            self.settings = settings
+            super().__init__()
+
+        def load_config(self) -> None:
+            options: dict[str, Any] = {
+                "bind": f"{self.settings.host}:{self.settings.port}",
+                "workers": self.settings.workers,
+                "worker_class": "gthread",
+                "threads": 4,
+                "graceful_timeout": 30,
+                "accesslog": None,  # our own JSON access log; gunicorn's would not be JSON
+                "logconfig_dict": GUNICORN_LOGGING,
+                "limit_request_field_size": 8190,
+                "control_socket_disable": True,  # gunicorn 24+ would otherwise write ~/.gunicorn/gunicorn.ctl
+            }
+            for key, value in options.items():
+                if key in self.cfg.settings:  # tolerate gunicorn versions without a setting
+                    self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            configure_logging()
+            return create_app(self.settings)
+
+    KbladderApplication(settings).run()

@@ -1,0 +1,533 @@
+"""The service over real HTTP: werkzeug's threaded server on a free loopback port, called with requests.
+
+Covers discovery, the three hooks, every 4xx path, feedback, CORS, /healthz, live rule reload, and one
+call that fetches a missing prefetch key from a real FHIR server with the bearer token.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from flask import Flask
+from werkzeug.serving import make_server
+
+from cds_service.app import create_app
+from cds_service.cdshooks import discovery_problems, response_problems, template_problems
+from cds_service.config import Settings
+from cds_service.fhir.client import FetchLimits
+from cds_service.http.services import SERVICES
+from cds_service.rules_state import RulesState
+from cds_service.store import Store
+
+REPO = Path(__file__).resolve().parents[1]
+RULES = REPO / "rules"
+EXT = "org.kbladder-cds"
+PV, OSEL, OSIGN = "kbladder-patient-view", "kbladder-order-select", "kbladder-order-sign"
+MAX_BODY = 64 * 1024
+KETAMINE = {"coding": [{"system": "http://snomed.info/sct", "code": "781954001"}]}
+PARACETAMOL = {"coding": [{"system": "http://snomed.info/sct", "code": "322236009"}], "text": "Paracetamol"}
+
+
+# -- serving ---------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def serving(app: Flask) -> Iterator[str]:
+    """Serve *app* with werkzeug's threaded server on a free port; yields the base URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+class Service:
+    """A running service: base URL plus the store behind it."""
+
+    def __init__(self, url: str, store: Store, rules: RulesState) -> None:
+        self.url, self.store, self.rules = url, store, rules
+
+    def post(self, path: str, body: Any, **kwargs: Any) -> requests.Response:
+        return requests.post(self.url + path, json=body, timeout=30, **kwargs)
+
+    def hook(self, service_id: str, body: Any) -> requests.Response:
+        return self.post(f"/cds-services/{service_id}", body)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """The app with the repository's rules and a SQLite file store, for the whole module."""
+    db = tmp_path_factory.mktemp("db") / "kbladder.sqlite3"
+    store = Store(f"sqlite:///{db}")
+    rules = RulesState([RULES], reload_interval_s=0)
+    settings = Settings(database_url=f"sqlite:///{db}", max_body_bytes=MAX_BODY, reload_interval_s=0,
+                        fetch_limits=FetchLimits(time_budget_s=10, request_timeout_s=10))  # a busy CI machine
+    with serving(create_app(settings, rules_state=rules, store=store)) as url:
+        yield Service(url, store, rules)
+    store.dispose()
+
+
+# -- FHIR test data ---------------------------------------------------------------------------------------
+
+
+def at(days: float) -> str:
+    return (datetime.now(UTC) + timedelta(days=days)).isoformat()
+
+
+def bundle(*resources: dict[str, Any]) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": "searchset", "total": len(resources),
+            "entry": [{"resource": r} for r in resources]}
+
+
+def patient(pid: str = "p1") -> dict[str, Any]:
+    return {"resourceType": "Patient", "id": pid, "gender": "female", "birthDate": "1992-03-04"}
+
+
+def ketamine_given(pid: str = "p1", days: float = -10, rid: str = "ma1") -> dict[str, Any]:
+    return {"resourceType": "MedicationAdministration", "id": rid, "status": "completed",
+            "medicationCodeableConcept": KETAMINE, "subject": {"reference": f"Patient/{pid}"},
+            "effectiveDateTime": at(days),
+            "dosage": {"dose": {"value": 35, "unit": "mg", "system": "http://unitsofmeasure.org", "code": "mg"}}}
+
+
+def ketamine_by_reference(pid: str = "p1", medication_id: str = "ket-50") -> dict[str, Any]:
+    """A ketamine administration that names its product only by reference to a Medication."""
+    resource = ketamine_given(pid, rid="ma-ref")
+    del resource["medicationCodeableConcept"]
+    resource["medicationReference"] = {"reference": f"Medication/{medication_id}"}
+    return resource
+
+
+def ketamine_product(medication_id: str | None = "ket-50") -> dict[str, Any]:
+    resource: dict[str, Any] = {"resourceType": "Medication", "code": KETAMINE}
+    if medication_id:
+        resource["id"] = medication_id
+    return resource
+
+
+def dipstick(pid: str = "p1", value: str = "1+", days: float = -2, rid: str = "o1") -> dict[str, Any]:
+    return {"resourceType": "Observation", "id": rid, "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "5794-3",
+                                 "display": "Hemoglobin [Presence] in Urine by Test strip"}]},
+            "subject": {"reference": f"Patient/{pid}"}, "effectiveDateTime": at(days), "valueString": value}
+
+
+def gross_hematuria(pid: str = "p1") -> dict[str, Any]:
+    return {"resourceType": "Condition", "id": "c1", "subject": {"reference": f"Patient/{pid}"},
+            "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "R31.0"}]},
+            "onsetDateTime": at(-1)}
+
+
+def draft_order(rid: str, medication: dict[str, Any], pid: str = "p1") -> dict[str, Any]:
+    return {"resourceType": "MedicationRequest", "id": rid, "status": "draft", "intent": "order",
+            "medicationCodeableConcept": medication, "subject": {"reference": f"Patient/{pid}"},
+            "authoredOn": at(0),
+            "dosageInstruction": [{"timing": {"repeat": {"boundsPeriod": {"start": at(1)}}},
+                                   "doseAndRate": [{"doseQuantity": {"value": 35, "unit": "mg",
+                                                                      "system": "http://unitsofmeasure.org",
+                                                                      "code": "mg"}}]}]}
+
+
+def prefetch(*resources: dict[str, Any], pid: str = "p1", omit: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A full prefetch for our templates, resources sorted into their keys."""
+    keys = {"medicationAdministration": [], "medicationRequest": [], "medicationStatement": [],
+            "observation": [], "condition": []}
+    for resource in resources:
+        rtype = resource["resourceType"]
+        keys[rtype[:1].lower() + rtype[1:]].append(resource)
+    data: dict[str, Any] = {"patient": patient(pid)}
+    data.update({key: bundle(*items) for key, items in keys.items()})
+    return {k: v for k, v in data.items() if k not in omit}
+
+
+def request_body(hook: str = "patient-view", *, pid: str = "p1", drafts: list[dict[str, Any]] | None = None,
+                 selections: list[str] | None = None, **extra: Any) -> dict[str, Any]:
+    context: dict[str, Any] = {"userId": "Practitioner/u1", "patientId": pid}
+    if hook != "patient-view":
+        context["draftOrders"] = bundle(*(drafts or []))
+    if hook == "order-select":
+        context["selections"] = selections or []
+    return {"hook": hook, "hookInstance": str(uuid.uuid4()), "context": context, **extra}
+
+
+def only_card(response: requests.Response) -> dict[str, Any]:
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert response_problems(body) == []
+    assert len(body["cards"]) == 1, body
+    return body["cards"][0]
+
+
+# -- discovery ----------------------------------------------------------------------------------------------
+
+
+def test_discovery_lists_three_services_with_valid_prefetch(service: Service) -> None:
+    response = requests.get(f"{service.url}/cds-services", timeout=10)
+    assert response.status_code == 200
+    body = response.json()
+    assert discovery_problems(body) == []
+    by_id = {s["id"]: s for s in body["services"]}
+    assert set(by_id) == {PV, OSEL, OSIGN}
+    for sid, svc in by_id.items():
+        assert svc["hook"] == SERVICES[sid].hook
+        assert svc["title"] and svc["description"] and svc["usageRequirements"]
+        templates = svc["prefetch"]
+        assert templates["patient"] == "Patient/{{context.patientId}}"
+        for template in templates.values():
+            assert template_problems(template, svc["hook"]) == []
+        # Medication types are matched by text too, so they must not be narrowed by code.
+        assert templates["medicationAdministration"] == (
+            "MedicationAdministration?patient={{context.patientId}}&_count=1000")
+        assert "http://loinc.org|5794-3" in templates["observation"]
+        assert "_count=1000" in templates["observation"]
+        assert "http://hl7.org/fhir/sid/icd-10-cm|R31.0" in templates["condition"]
+
+
+# -- hooks ----------------------------------------------------------------------------------------------------
+
+
+def test_patient_view_ketamine_and_dipstick_blood_gives_a_kb02_warning(service: Service) -> None:
+    body = request_body(prefetch=prefetch(ketamine_given(), dipstick()))
+    card = only_card(service.hook(PV, body))
+    assert card["indicator"] == "warning"
+    assert card["extension"][f"{EXT}.rule"]["id"] == "KB-02"
+    assert card["summary"].startswith("Blood in urine after 1 ketamine session")
+    assert service.store.rule_for_card(card["uuid"]) == ("KB-02", "1.0.0")
+
+
+def test_patient_view_with_nothing_to_say_returns_empty_cards(service: Service) -> None:
+    response = service.hook(PV, request_body(prefetch=prefetch(dipstick(value="negative"))))
+    assert response.status_code == 200
+    assert response.json() == {"cards": []}
+
+
+def test_malformed_resource_is_skipped_and_reported(service: Service) -> None:
+    bad = {**dipstick(rid="bad"), "effectiveDateTime": "not-a-date"}
+    response = service.hook(PV, request_body(prefetch=prefetch(ketamine_given(), dipstick(), bad)))
+    card = only_card(response)
+    skipped = response.json()["extension"][f"{EXT}.skippedResources"]
+    assert skipped == [{"resourceType": "Observation", "id": "bad",
+                        "reason": "invalid at effectiveDateTime (value_error); 1 error(s)"}]
+    assert "not-a-date" not in response.text
+    assert any("skipped" in gap for gap in card["extension"][f"{EXT}.missingData"])
+
+
+def test_silent_rule_with_a_malformed_resource_of_its_data_is_undecided(service: Service) -> None:
+    bad = {**dipstick(rid="bad"), "effectiveDateTime": "not-a-date"}
+    response = service.hook(PV, request_body(prefetch=prefetch(ketamine_given(), bad)))
+    assert response.status_code == 200 and response.json()["cards"] == []
+    assert response.json()["extension"][f"{EXT}.undecided"] == [{
+        "rule": "KB-02", "version": "1.0.0", "missing": ["Observation: malformed resource(s) skipped"],
+        "reason": "not fired on partial data"}]
+
+
+def test_order_sign_evaluates_draft_orders(service: Service) -> None:
+    body = request_body("order-sign", drafts=[draft_order("next-dose", KETAMINE)],
+                        prefetch=prefetch(ketamine_given(days=-7), gross_hematuria()))
+    card = only_card(service.hook(OSIGN, body))
+    assert card["indicator"] == "critical"
+    deletes = [a for s in card["suggestions"] for a in s["actions"] if a["type"] == "delete"]
+    assert deletes == [{"type": "delete", "description": "Delete the draft ketamine order",
+                        "resourceId": "MedicationRequest/next-dose"}]
+
+
+@pytest.mark.parametrize(("selected", "deletes"), [("ket", ["MedicationRequest/ket"]), ("para", [])])
+def test_order_select_evaluates_only_the_selected_drafts(service: Service, selected: str,
+                                                         deletes: list[str]) -> None:
+    drafts = [draft_order("ket", KETAMINE), draft_order("para", PARACETAMOL)]
+    body = request_body("order-select", drafts=drafts, selections=[f"MedicationRequest/{selected}"],
+                        prefetch=prefetch(ketamine_given(days=-7), gross_hematuria()))
+    card = only_card(service.hook(OSEL, body))
+    assert card["indicator"] == "critical"
+    found = [a["resourceId"] for s in card.get("suggestions", []) for a in s["actions"] if a["type"] == "delete"]
+    assert found == deletes
+
+
+def test_medication_named_by_reference_is_matched_through_the_medication(service: Service) -> None:
+    data = prefetch(ketamine_by_reference(), dipstick())
+    data["medicationAdministration"]["entry"].append({"resource": ketamine_product(), "search": {"mode": "include"}})
+    card = only_card(service.hook(PV, request_body(prefetch=data)))
+    assert card["indicator"] == "warning"
+    assert f"{EXT}.missingData" not in card["extension"]
+
+
+def test_unavailable_referenced_medication_is_reported_not_ignored(service: Service) -> None:
+    response = service.hook(PV, request_body(prefetch=prefetch(ketamine_by_reference(), dipstick())))
+    assert response.status_code == 200
+    assert response.json()["cards"] == []
+    extension = response.json()["extension"]
+    assert extension[f"{EXT}.missingData"] == [
+        {"key": "medication", "reason": "1 referenced Medication(s) not available (no FHIR access)"}]
+    assert [u["rule"] for u in extension[f"{EXT}.undecided"]] == ["KB-02"]
+
+
+# -- 4xx --------------------------------------------------------------------------------------------------------
+
+
+def test_missing_context_field_is_400_naming_the_field(service: Service) -> None:
+    body = request_body(prefetch=prefetch())
+    del body["context"]["patientId"]
+    response = service.hook(PV, body)
+    assert response.status_code == 400
+    assert response.json()["error"]["field"] == "context.patientId"
+
+
+def test_hook_not_served_by_that_id_is_400(service: Service) -> None:
+    response = service.hook(OSIGN, request_body(prefetch=prefetch()))
+    assert response.status_code == 400
+    assert response.json()["error"]["field"] == "hook"
+
+
+def test_malformed_json_is_400(service: Service) -> None:
+    response = requests.post(f"{service.url}/cds-services/{PV}", data=b'{"hook": ',
+                             headers={"Content-Type": "application/json"}, timeout=10)
+    assert response.status_code == 400
+    assert response.json()["error"]["field"] == "$"
+
+
+def test_unknown_service_is_404_json(service: Service) -> None:
+    response = service.hook("no-such-service", request_body(prefetch=prefetch()))
+    assert response.status_code == 404
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert response.json()["error"]["status"] == 404
+
+
+def test_body_over_the_limit_is_413(service: Service) -> None:
+    body = request_body(prefetch=prefetch(), padding="x" * (MAX_BODY + 10))
+    response = service.hook(PV, body)
+    assert response.status_code == 413
+    assert response.json()["error"]["status"] == 413
+
+
+def test_chunked_body_over_the_limit_is_413(service: Service) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"padding": "'
+        for _ in range(MAX_BODY // 1000 + 1):
+            yield b"x" * 1000
+        yield b'"}'
+
+    response = requests.post(f"{service.url}/cds-services/{PV}", data=chunks(), timeout=10,
+                             headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_body_at_the_limit_is_read(service: Service) -> None:
+    body = json.dumps(request_body(prefetch=prefetch())).encode()
+    body = body[:-1] + b"," + b'"pad": "' + b"x" * (MAX_BODY - len(body) - 10) + b'"}'
+    assert len(body) == MAX_BODY
+    response = requests.post(f"{service.url}/cds-services/{PV}", data=body, timeout=10,
+                             headers={"Content-Type": "application/json"})
+    assert response.status_code == 200
+
+
+def test_wrong_content_type_is_415(service: Service) -> None:
+    response = requests.post(f"{service.url}/cds-services/{PV}", data=json.dumps(request_body()),
+                             headers={"Content-Type": "text/plain"}, timeout=10)
+    assert response.status_code == 415
+    assert response.json()["error"]["status"] == 415
+
+
+def test_fhir_json_content_type_is_accepted(service: Service) -> None:
+    response = requests.post(f"{service.url}/cds-services/{PV}", data=json.dumps(request_body(prefetch=prefetch())),
+                             headers={"Content-Type": "application/fhir+json; charset=utf-8"}, timeout=10)
+    assert response.status_code == 200
+
+
+def test_absent_prefetch_key_without_fhir_server_is_412(service: Service) -> None:
+    response = service.hook(PV, request_body(prefetch=prefetch(omit=("observation",))))
+    assert response.status_code == 412
+    error = response.json()["error"]
+    assert error["field"] == "prefetch"
+    assert error["missing"] == ["observation"]
+
+
+def test_unknown_route_and_method_are_json(service: Service) -> None:
+    assert requests.get(f"{service.url}/nothing", timeout=10).json()["error"]["status"] == 404
+    response = requests.get(f"{service.url}/cds-services/{PV}", timeout=10)
+    assert response.status_code == 405
+    assert response.json()["error"]["status"] == 405
+
+
+# -- feedback ------------------------------------------------------------------------------------------------
+
+
+def test_feedback_is_stored_idempotently(service: Service) -> None:
+    card = only_card(service.hook(PV, request_body(prefetch=prefetch(ketamine_given(), dipstick()))))
+    feedback = {"feedback": [{
+        "card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-23T10:00:00Z",
+        "overrideReason": {"reason": card["overrideReasons"][0], "userComment": "seen by urology"},
+    }]}
+    for _ in range(2):
+        response = service.post(f"/cds-services/{PV}/feedback", feedback)
+        assert response.status_code == 200
+        assert response.json() == {}
+    assert service.store.feedback_count(card_uuid=card["uuid"]) == 1
+    stored = service.store.feedback_for_card(card["uuid"])[0]
+    assert (stored.rule_id, stored.outcome, stored.reason_code) == ("KB-02", "overridden", "alternative-cause")
+
+
+def test_invalid_feedback_is_400_naming_the_field(service: Service) -> None:
+    body = {"feedback": [{"card": str(uuid.uuid4()), "outcome": "ignored", "outcomeTimestamp": "2026-11-23T10:00:00Z"}]}
+    response = service.post(f"/cds-services/{PV}/feedback", body)
+    assert response.status_code == 400
+    assert response.json()["error"]["field"] == "feedback[0].outcome"
+    assert service.post("/cds-services/nope/feedback", {"feedback": []}).status_code == 404
+
+
+# -- CORS and health ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/cds-services", f"/cds-services/{PV}", f"/cds-services/{PV}/feedback"])
+def test_cors_preflight(service: Service, path: str) -> None:
+    response = requests.options(service.url + path, timeout=10, headers={
+        "Origin": "https://sandbox.cds-hooks.org", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type"})
+    assert response.status_code == 200
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    allowed = {h.strip().lower() for h in response.headers["Access-Control-Allow-Headers"].split(",")}
+    assert {"authorization", "content-type"} <= allowed
+    assert "POST" in response.headers["Access-Control-Allow-Methods"]
+
+
+def test_cors_allowlist_echoes_only_listed_origins() -> None:
+    settings = Settings(database_url="sqlite:///:memory:", cors_origins=("https://ehr.example",), reload_interval_s=0)
+    client = create_app(settings, rules_state=RulesState([RULES], reload_interval_s=0)).test_client()
+    ok = client.get("/cds-services", headers={"Origin": "https://ehr.example"})
+    assert ok.headers["Access-Control-Allow-Origin"] == "https://ehr.example"
+    assert "Origin" in ok.headers["Vary"]
+    other = client.get("/cds-services", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in other.headers
+
+
+def test_healthz(service: Service) -> None:
+    response = requests.get(f"{service.url}/healthz", timeout=10)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["rules"]["loaded"] == len(service.rules.ruleset.rules) >= 1
+    assert body["rules"]["version"] == service.rules.ruleset.version
+    assert body["rules"]["lastError"] is None
+    assert body["store"]["reachable"] is True
+
+
+def _wait_for(predicate: Any, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def test_broken_rule_edit_keeps_the_last_good_set(tmp_path: Path) -> None:
+    rules_dir = tmp_path / "rules"
+    shutil.copytree(RULES, rules_dir, ignore=shutil.ignore_patterns("tests"))
+    rules = RulesState([rules_dir], reload_interval_s=0.05)
+    rules.start_polling()
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'db.sqlite3'}", reload_interval_s=0.05)
+    try:
+        with serving(create_app(settings, rules_state=rules, store=store)) as url:
+            good = requests.get(f"{url}/healthz", timeout=10).json()["rules"]["version"]
+            rule_file = rules_dir / "KB-02-hematuria-exposed.yaml"
+            original = rule_file.read_text(encoding="utf-8")
+            rule_file.write_text(original.replace("indicator: warning", "indicator: loud"), encoding="utf-8")
+
+            def failed() -> dict[str, Any] | None:
+                health = requests.get(f"{url}/healthz", timeout=10).json()
+                return health if health["rules"]["lastError"] else None
+
+            health = _wait_for(failed)
+            assert health["rules"]["version"] == good
+            assert health["status"] == "degraded"
+            assert any("KB-02-hematuria-exposed.yaml:" in e for e in health["rules"]["lastError"])
+            body = request_body(prefetch=prefetch(ketamine_given(), dipstick()))
+            card = only_card(requests.post(f"{url}/cds-services/{PV}", json=body, timeout=30))
+            assert card["indicator"] == "warning"  # still the last good rules
+
+            rule_file.write_text(original.replace("assess for ketamine cystitis", "assess the bladder"),
+                                 encoding="utf-8")
+            health = _wait_for(lambda: (h := requests.get(f"{url}/healthz", timeout=10).json())
+                               ["rules"]["lastError"] is None and h)
+            assert health["rules"]["version"] != good
+            card = only_card(requests.post(f"{url}/cds-services/{PV}", json=body, timeout=30))
+            assert card["summary"].endswith("assess the bladder")
+    finally:
+        rules.stop_polling()
+        store.dispose()
+
+
+# -- a real FHIR server --------------------------------------------------------------------------------------
+
+
+def _load_patient(fhir_server: Any) -> tuple[str, str]:
+    """A patient with a positive dipstick, and a ketamine Medication, on the FHIR server: their ids."""
+    mrn = f"kbladder-http-{uuid.uuid4().hex[:8]}"
+    ref = f"urn:uuid:{uuid.uuid4()}"
+    obs = dipstick()
+    obs.pop("id")
+    obs["subject"] = {"reference": ref}
+    response = fhir_server.post_bundle({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": ref, "request": {"method": "POST", "url": "Patient"},
+         "resource": {"resourceType": "Patient", "identifier": [{"system": "http://hospital.smarthealthit.org",
+                                                                  "value": mrn}], "gender": "male"}},
+        {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "request": {"method": "POST", "url": "Observation"},
+         "resource": obs},
+        {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "request": {"method": "POST", "url": "Medication"},
+         "resource": ketamine_product(None)},
+    ]})
+    location = next(e["response"]["location"] for e in response["entry"] if "Medication/" in e["response"]["location"])
+    return fhir_server.patient_by_mrn(mrn), location.split("Medication/")[1].split("/")[0]
+
+
+def test_absent_prefetch_key_is_fetched_from_the_fhir_server_with_the_token(
+    service: Service, fhir_server: Any, no_token_in_logs: None
+) -> None:
+    pid, _ = _load_patient(fhir_server)
+    auth = {"access_token": fhir_server.token, "token_type": "Bearer", "expires_in": 300,
+            "scope": "patient/*.read", "subject": "kbladder-cds", "patient": pid}
+    data = prefetch(ketamine_given(pid), pid=pid, omit=("observation",))
+    body = request_body(pid=pid, prefetch=data, fhirServer=fhir_server.base_url, fhirAuthorization=auth)
+    card = only_card(service.hook(PV, body))  # the dipstick exists only on the FHIR server
+    assert card["indicator"] == "warning"
+    assert "extension" not in service.hook(PV, {**body, "hookInstance": str(uuid.uuid4())}).json()
+
+    # A wrong token: the server refuses, the key is reported missing, and no card claims "no blood".
+    wrong = {**body, "hookInstance": str(uuid.uuid4()), "fhirAuthorization": {**auth, "access_token": "wrong"}}
+    response = service.hook(PV, wrong)
+    assert response.status_code == 200
+    assert response.json()["cards"] == []
+    extension = response.json()["extension"]
+    assert [m["key"] for m in extension[f"{EXT}.missingData"]] == ["observation"]
+    assert extension[f"{EXT}.undecided"] == [{"rule": "KB-02", "version": "1.0.0", "missing": ["observation: HTTP 401"],
+                                              "reason": "not fired on partial data"}]
+
+
+def test_referenced_medication_is_read_from_the_fhir_server(
+    service: Service, fhir_server: Any, no_token_in_logs: None
+) -> None:
+    pid, medication_id = _load_patient(fhir_server)
+    auth = {"access_token": fhir_server.token, "token_type": "Bearer", "expires_in": 300,
+            "scope": "patient/*.read", "subject": "kbladder-cds", "patient": pid}
+    data = prefetch(ketamine_by_reference(pid, medication_id), dipstick(pid), pid=pid)
+    body = request_body(pid=pid, prefetch=data, fhirServer=fhir_server.base_url, fhirAuthorization=auth)
+    response = service.hook(PV, body)
+    card = only_card(response)  # the administration names ketamine only through the server's Medication
+    assert card["indicator"] == "warning"
+    assert "extension" not in response.json()
