@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rulekit import ESKETAMINE, KETAMINE, NOW, admin, obs, result_of, rule_text, ruleset, run
+from rulekit import ESKETAMINE, KETAMINE, NOW, admin, obs, record, result_of, rule_text, ruleset, run
 
+from cds_service.clinical.record import PatientRecord
 from cds_service.clinical.timeutil import iso
-from cds_service.engine.evaluate import FIRED, NOT_FIRED, SKIPPED, SUPPRESSED, UNDECIDED
+from cds_service.engine.evaluate import FIRED, NOT_FIRED, SKIPPED, SUPPRESSED, UNDECIDED, evaluate
 from cds_service.engine.model import RuleSet
 from cds_service.engine.trace import Outcome, Truth
 
@@ -600,3 +601,26 @@ def test_shown_cards_go_from_critical_to_info(tmp_path: Path) -> None:
         ["info", "critical", "warning"], start=1)}
     evaluation = run(ruleset(tmp_path, files), [admin("-3d")])
     assert [r.fired.indicator for r in evaluation.shown() if r.fired] == ["critical", "warning", "info"]
+
+
+def test_unavailable_data_makes_a_silent_rule_undecided(blocks: RuleSet) -> None:
+    """A failed Observation search is not "no Observations": the rule is undecided, with the reason."""
+    base = record([admin("-3d")], rules=blocks)
+    partial = PatientRecord(
+        [r for items in base.by_type.values() for _, r in items],
+        ordinal_codes=blocks.ordinal_codes,
+        unavailable={"Observation": "observation: HTTP 500"},
+    )
+    clear = evaluate(blocks, base, hook="patient-view", now=NOW)
+    unsure = evaluate(blocks, partial, hook="patient-view", now=NOW)
+    readers = [r.rule.id for r in unsure.results if any("Observation" in d.resources for d in r.rule.data.values())]
+    assert readers, "the fixture rule set must read Observations"
+    checked = 0
+    for rule_id in readers:
+        before = next(r for r in clear.results if r.rule.id == rule_id)
+        after = next(r for r in unsure.results if r.rule.id == rule_id)
+        if before.status == NOT_FIRED:
+            checked += 1
+            assert after.status == UNDECIDED
+            assert "observation: HTTP 500" in after.missing
+    assert checked, "at least one Observation rule must be silent on the full data"

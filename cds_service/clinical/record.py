@@ -45,11 +45,19 @@ class PatientRecord:
         *,
         drafts: Sequence[Mapping[str, Any]] = (),
         ordinal_codes: Mapping[tuple[str, str], float] | None = None,
+        unavailable: Mapping[str, str] | None = None,
     ) -> None:
+        """``unavailable`` maps resource types whose data could not be (fully) obtained to why (a sentence
+        naming the data, e.g. ``observation: HTTP 500``).
+
+        The record cannot otherwise tell "no Observations" from "the Observation search failed";
+        rules that read such types and do not fire are reported undecided, never a silent no.
+        """
         self.by_type: dict[str, list[tuple[str, Mapping[str, Any]]]] = defaultdict(list)
         self.patient: Mapping[str, Any] | None = None
         self._medications: dict[str, Mapping[str, Any]] = {}
         self._ordinal_codes = ordinal_codes or {}
+        self.unavailable: dict[str, str] = dict(unavailable or {})
         self._cache: dict[tuple[Any, ...], Any] = {}
         for index, resource in enumerate(resources):
             rtype = str(resource.get("resourceType"))

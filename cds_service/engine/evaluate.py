@@ -92,10 +92,14 @@ def evaluate_rule(rule: Rule, record: PatientRecord, hook: str, now: datetime) -
             result.reason = f"tier {tier.indicator} holds"
             return result
     unknown = [t for t in result.tiers if t.outcome.truth is Truth.UNKNOWN]
-    if unknown:
+    partial = sorted({
+        why for data in rule.data.values() for rtype in data.resources
+        if (why := record.unavailable.get(rtype)) is not None
+    })
+    if unknown or partial:
         result.status = UNDECIDED
-        result.missing = sorted({m for t in unknown for m in t.outcome.missing})
-        result.reason = "missing data could change the answer"
+        result.missing = sorted({m for t in unknown for m in t.outcome.missing} | set(partial))
+        result.reason = "missing data could change the answer" if unknown else "not fired on partial data"
     else:
         result.reason = "no tier holds"
     return result

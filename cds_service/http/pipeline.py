@@ -16,7 +16,7 @@ from cds_service.cdshooks import HookRequest
 from cds_service.clinical.record import PatientRecord
 from cds_service.config import Settings
 from cds_service.engine.cards import EXT, CardSettings, build_cards
-from cds_service.engine.evaluate import NOT_FIRED, UNDECIDED, Evaluation, evaluate
+from cds_service.engine.evaluate import Evaluation, evaluate
 from cds_service.engine.model import MEDICATION_RESOURCES, RuleSet
 from cds_service.fhir.parse import ParseProblem, parse_resources
 from cds_service.fhir.prefetch import gather
@@ -87,7 +87,13 @@ def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: da
     if skipped:
         log.warning("skipped %d malformed resource(s): %s", len(skipped), "; ".join(map(str, skipped[:10])))
 
-    record = PatientRecord(valid, drafts=drafts, ordinal_codes=ruleset.ordinal_codes)
+    unavailable: dict[str, str] = {}
+    for key, why in missing.items():
+        for rtype in sorted(_types_of_key(key)):
+            unavailable.setdefault(rtype, f"{key}: {why}")
+    for problem in skipped:
+        unavailable.setdefault(problem.resource_type, f"{problem.resource_type}: malformed resource(s) skipped")
+    record = PatientRecord(valid, drafts=drafts, ordinal_codes=ruleset.ordinal_codes, unavailable=unavailable)
     evaluation = evaluate(ruleset, record, hook=request.hook, now=now)
     gaps = [f"{key}: {reason}" for key, reason in missing.items()]
     if skipped:
@@ -102,10 +108,7 @@ def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: da
 
     body: dict[str, Any] = {"cards": cards}
     extension: dict[str, Any] = {}
-    partial = {f"{key}: {why}": _types_of_key(key) for key, why in missing.items()}
-    for rtype in sorted({p.resource_type for p in skipped}):
-        partial[f"{rtype}: malformed resource(s) skipped"] = frozenset({rtype})
-    undecided = undecided_rules(evaluation, partial)
+    undecided = undecided_rules(evaluation)
     if undecided:
         extension[f"{EXT}.undecided"] = undecided
     if missing:
@@ -122,23 +125,15 @@ def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: da
     return HookOutcome(body, cards, missing, skipped, dict(gathered.sources))
 
 
-def undecided_rules(evaluation: Evaluation, partial: Mapping[str, frozenset[str]]) -> list[dict[str, Any]]:
-    """Rules the engine could not decide, plus rules that stayed silent while data they read was incomplete.
-
-    The engine sees only the data it got; a failed Observation search looks like "no Observations" to it.
-    A rule that did not fire on such partial data is reported as undecided rather than as a clear "no".
-    *partial* maps a description of each gap to the resource types it leaves incomplete.
-    """
+def undecided_rules(evaluation: Evaluation) -> list[dict[str, Any]]:
+    """Rules the engine could not decide: missing values, or silent while data they read was incomplete."""
     out: list[dict[str, Any]] = []
-    for result in evaluation.results:
-        if result.status == UNDECIDED:
-            out.append({"rule": result.rule.id, "version": result.rule.version, "missing": list(result.missing)})
-        elif result.status == NOT_FIRED:
-            types = {t for req in result.rule.data.values() for t in req.resources}
-            gaps = [gap for gap, affected in partial.items() if affected & types]
-            if gaps:
-                out.append({"rule": result.rule.id, "version": result.rule.version, "missing": gaps,
-                            "reason": "not fired on partial data"})
+    for result in evaluation.undecided():
+        rule = result.rule
+        entry: dict[str, Any] = {"rule": rule.id, "version": rule.version, "missing": list(result.missing)}
+        if result.reason == "not fired on partial data":
+            entry["reason"] = result.reason
+        out.append(entry)
     return out
 
 
