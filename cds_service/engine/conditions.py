@@ -537,10 +537,10 @@ class CumulativeDose:
     planned: bool = True
 
     def evaluate(self, ctx: RuleContext) -> Outcome:
-        span = ctx.window(self.window)
-        if isinstance(span, str):
-            return Outcome(Truth.FALSE, 0, span)
-        sessions = [s for s in ctx.sessions(self.data, planned=self.planned) if ctx.inside(s.start, span)]
+        found = ctx.sessions_in(self.data, self.window, planned=self.planned)
+        if isinstance(found, str):
+            return Outcome(Truth.FALSE, 0, found)
+        sessions, span = found
         total = ex.cumulative_mg(sessions)
         truth = _threshold_truth(total.mg, self.comparisons, math.inf if total.missing else 0.0)
         detail = f"{total.mg:g} mg in {len(total.counted)} session(s) {ctx.span_text(span)}"
@@ -568,10 +568,10 @@ class SessionRate:
     planned: bool = True
 
     def evaluate(self, ctx: RuleContext) -> Outcome:
-        span = ctx.window(self.window)
-        if isinstance(span, str):
-            return Outcome(Truth.FALSE, 0, span)
-        sessions = [s for s in ctx.sessions(self.data, planned=self.planned) if ctx.inside(s.start, span)]
+        found = ctx.sessions_in(self.data, self.window, planned=self.planned)
+        if isinstance(found, str):
+            return Outcome(Truth.FALSE, 0, found)
+        sessions, _ = found
         period = timedelta(seconds=duration_seconds(self.period))
         best, members = ex.max_sessions_in_period(sessions, period, self.consecutive)
         truth = Truth.of(compare_all(self.comparisons, best))
@@ -596,10 +596,10 @@ class InfusionDuration:
     planned: bool = True
 
     def evaluate(self, ctx: RuleContext) -> Outcome:
-        span = ctx.window(self.window)
-        if isinstance(span, str):
-            return Outcome(Truth.FALSE, 0, span)
-        sessions = [s for s in ctx.sessions(self.data, planned=self.planned) if ctx.inside(s.start, span)]
+        found = ctx.sessions_in(self.data, self.window, planned=self.planned)
+        if isinstance(found, str):
+            return Outcome(Truth.FALSE, 0, found)
+        sessions, span = found
         merged = ex.merged_intervals(sessions)
         if not merged:
             return Outcome(Truth.FALSE, 0, f"no {self.data} infusion {ctx.span_text(span)}")

@@ -60,6 +60,15 @@ class RuleContext:
         sessions = self.record.sessions(data.valueset, weights.valueset if weights else None, self.now)
         return [s for s in sessions if (planned or not s.planned) and (since is None or s.end >= since)]
 
+    def sessions_in(
+        self, key: str, window: Window | None, *, planned: bool = True
+    ) -> tuple[list[ex.Session], Span] | str:
+        """Sessions of ``key`` starting inside ``window``, with its span; or why the window does not exist."""
+        span = self.window(window)
+        if isinstance(span, str):
+            return span
+        return [s for s in self.sessions(key, planned=planned) if self.inside(s.start, span)], span
+
     def bundle(self) -> dict[str, Any]:
         """The patient's data as a searchset Bundle, the root for FHIRPath conditions."""
         if self._bundle is None:
