@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from datetime import datetime
 
 from flask import Flask, Response, g, request
 
 from cds_service.config import Settings
 from cds_service.http import discovery, feedback, health, hooks
-from cds_service.http.context import EXTENSION, ServiceContext
+from cds_service.http.context import EXTENSION, ServiceContext, wall_clock
 from cds_service.http.cors import install_cors
 from cds_service.http.errors import register_error_handlers
 from cds_service.rules_state import RulesState
@@ -27,8 +29,12 @@ def create_app(
     *,
     rules_state: RulesState | None = None,
     store: Store | None = None,
+    clock: Callable[[], datetime] = wall_clock,
 ) -> Flask:
-    """A ready Flask app. Without *rules_state*/*store*, they are built from *settings* (polling on)."""
+    """A ready Flask app. Without *rules_state*/*store*, they are built from *settings* (polling on).
+
+    *clock* gives each hook call its ``now``; replaying a synthetic cohort passes a fixed one.
+    """
     settings = settings or Settings.load()
     if rules_state is None:
         rules_state = RulesState([settings.rules_dir], site=settings.site_file,
@@ -42,7 +48,7 @@ def create_app(
     # http/body.py reads limit + 1 bytes to tell "exactly at the limit" from "too large" (413).
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     app.json.sort_keys = False  # keep card fields in the order the spec lists them
-    app.extensions[EXTENSION] = ServiceContext(settings, rules_state, store)
+    app.extensions[EXTENSION] = ServiceContext(settings, rules_state, store, clock)
     for blueprint in (discovery.bp, hooks.bp, feedback.bp, health.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)

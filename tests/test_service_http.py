@@ -531,3 +531,23 @@ def test_referenced_medication_is_read_from_the_fhir_server(
     card = only_card(response)  # the administration names ketamine only through the server's Medication
     assert card["indicator"] == "warning"
     assert "extension" not in response.json()
+
+
+def test_the_injected_clock_is_the_evaluation_time(tmp_path: Path) -> None:
+    """Replaying data recorded a year ago: with the clock set to then, KB-02 fires; at today's time it does not."""
+    year_ago = datetime.now(UTC) - timedelta(days=400)
+    old_admin = dict(ketamine_given(days=-400 - 10))
+    old_dipstick = dict(dipstick(days=-400 - 2))
+    body = request_body(prefetch=prefetch(old_admin, old_dipstick))
+    store = Store(f"sqlite:///{tmp_path / 'clock.sqlite3'}")
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'clock.sqlite3'}", reload_interval_s=0)
+    answers = {}
+    for label, clock in (("then", lambda: year_ago), ("now", lambda: datetime.now(UTC))):
+        app = create_app(settings, rules_state=RulesState([RULES], reload_interval_s=0), store=store, clock=clock)
+        with serving(app) as url:
+            response = requests.post(f"{url}/cds-services/kbladder-patient-view", json=body, timeout=30)
+        assert response.status_code == 200, response.text
+        answers[label] = [c["source"]["topic"]["code"] for c in response.json()["cards"]]
+    store.dispose()
+    assert "KB-02" in answers["then"]
+    assert "KB-02" not in answers["now"]

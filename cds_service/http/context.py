@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from flask import current_app
 
@@ -13,11 +15,17 @@ from cds_service.store import Store
 EXTENSION = "kbladder"
 
 
+def wall_clock() -> datetime:
+    """The current time; the only place the service reads the clock (the core is given ``now``)."""
+    return datetime.now(UTC)
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceContext:
     settings: Settings
     rules: RulesState
     store: Store | None
+    clock: Callable[[], datetime] = field(default=wall_clock)
 
 
 def service_context() -> ServiceContext:

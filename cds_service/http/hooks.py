@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
 
 from flask import Blueprint, Response, g, jsonify
 from sqlalchemy.exc import SQLAlchemyError
@@ -45,7 +44,7 @@ def invoke(service_id: str) -> Response:
 
     started = time.monotonic()
     try:
-        outcome = run_hook(request, ruleset, ctx.settings, datetime.now(UTC))
+        outcome = run_hook(request, ruleset, ctx.settings, ctx.clock())
     except PrefetchUnavailable as exc:
         return error_response(412, "prefetch missing and no FHIR server access", field="prefetch",
                               missing=exc.keys)
@@ -58,7 +57,7 @@ def invoke(service_id: str) -> Response:
 
     if ctx.store is not None and outcome.cards:
         try:  # the audit log must never withhold advice from a clinician
-            ctx.store.record_cards(request.hook_instance, service.id, card_issues(outcome.cards), datetime.now(UTC))
+            ctx.store.record_cards(request.hook_instance, service.id, card_issues(outcome.cards), ctx.clock())
         except SQLAlchemyError as exc:
             log.error("could not record cards: %s", type(exc).__name__)
     return jsonify(outcome.body)
