@@ -4,7 +4,7 @@ Three passes, each reporting every problem it finds with ``file:line:col``: the 
 Schema (structure, the same schema editors use for completion), then meaning (value sets,
 code systems, units, parameters, FHIRPath, templates, windows, unreachable tiers), then
 the set as a whole (duplicate ids, precedence topics). A site file may override any
-parameter without editing the rule.
+parameter without editing the rule, and add its local codes to any value set.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import difflib
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -729,20 +729,63 @@ def valueset_dirs(paths: Sequence[Path]) -> list[Path]:
     return seen
 
 
-def load_site(path: Path | None, problems: list[Problem]) -> tuple[Located | None, dict[str, Any]]:
-    """A site configuration file: per-rule parameter overrides and status changes."""
+def load_site(path: Path | None, problems: list[Problem]) -> tuple[Located | None, dict[str, Any], dict[str, Any]]:
+    """A site configuration file: per-rule overrides (``rules:``) and local codes per value set (``valuesets:``)."""
     if path is None:
-        return None, {}
+        return None, {}, {}
     try:
         located = load_file(path)
     except YamlError as exc:
         problems.append(exc.problem)
-        return None, {}
+        return None, {}, {}
     errors = schema_problems(located, "site")
     problems.extend(errors)
     if errors or not located.data:
-        return located, {}
-    return located, dict(located.data.get("rules") or {})
+        return located, {}, {}
+    return located, dict(located.data.get("rules") or {}), dict(located.data.get("valuesets") or {})
+
+
+def add_site_codes(
+    valuesets: Mapping[str, ValueSet], additions: Mapping[str, Any], site: Located, problems: list[Problem]
+) -> dict[str, ValueSet]:
+    """The value sets with a site's local codes added, for every rule; each added code's source is its site line.
+
+    Local systems are the hospital's own, so only codes of a known system have their format checked.
+    A value set that sorts its codes by ``kind`` (e.g. LUTS) needs one of its kinds on every added code,
+    or kind filters and "distinct: kind" would silently miss it.
+    """
+    result = dict(valuesets)
+    for vs_id, entries in additions.items():
+        base = valuesets.get(vs_id)
+        if base is None:
+            message = f"site file adds codes to unknown value set {vs_id!r}{_closest(vs_id, valuesets)}"
+            problems.append(site.problem(("valuesets", vs_id), message, key=True))
+            continue
+        kinds = sorted({c.kind for c in base.concepts.values() if c.kind})
+        concepts = dict(base.concepts)
+        added: set[tuple[str, str]] = set()
+        for i, raw in enumerate(entries):
+            path: Path_ = ("valuesets", vs_id, i)
+            system, code, kind = canonical_system(raw["system"]), raw["code"], raw.get("kind")
+            if system in CODE_FORMATS and not CODE_FORMATS[system].match(code):
+                problems.append(site.problem((*path, "code"), f"{code!r} is not a valid code of {system}"))
+                continue
+            if (kind or kinds) and kind not in kinds:
+                expected = f"one of {', '.join(kinds)}" if kinds else "none (this value set has no kinds)"
+                problems.append(site.problem((*path, "kind") if kind else path, f"{vs_id}: kind must be {expected}"))
+                continue
+            if (system, code) in added:
+                problems.append(site.problem(path, f"duplicate site code {system}|{code} in {vs_id!r}"))
+                continue
+            if (system, code) in concepts:
+                message = f"{system}|{code} is already in value set {vs_id!r}"
+                problems.append(site.problem(path, message, severity="warning"))
+                continue
+            source = f"site file {site.file}:{site.where(path)[0]}"
+            concepts[(system, code)] = Concept(system, code, raw["display"], source, kind, _ordinal(raw.get("ordinal")))
+            added.add((system, code))
+        result[vs_id] = replace(base, concepts=concepts)
+    return result
 
 
 def load_ruleset(paths: Sequence[Path | str], *, site: Path | str | None = None) -> LoadResult:
@@ -755,9 +798,10 @@ def load_ruleset(paths: Sequence[Path | str], *, site: Path | str | None = None)
         found, vs_chunks = load_valuesets(folder, problems)
         valuesets.update(found)
         chunks.extend(vs_chunks)
-    site_located, overrides = load_site(Path(site) if site else None, problems)
+    site_located, overrides, site_codes = load_site(Path(site) if site else None, problems)
     if site_located is not None:
         chunks.append(Path(site_located.file).read_bytes())
+        valuesets = add_site_codes(valuesets, site_codes, site_located, problems)
     rules: list[Rule] = []
     seen: dict[str, tuple[str, int]] = {}
     files = rule_files(roots)
