@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from cds_service.clinical.record import PatientRecord
 from cds_service.engine.evaluate import Evaluation, RuleResult, evaluate
 from cds_service.engine.loader import LoadResult, load_ruleset
@@ -132,3 +134,9 @@ def obs(code: str, at: str, value: Any = None, **fields: Any) -> dict[str, Any]:
     if value is not None:
         body["value"] = value
     return {"Observation": body}
+
+
+def rule_version(rule_id: str) -> str:
+    """The version of a bundled rule, read from its file (rules change; tests follow)."""
+    path = next((REPO / "rules").glob(f"{rule_id}-*.yaml"))
+    return str(yaml.safe_load(path.read_text(encoding="utf-8"))["version"])

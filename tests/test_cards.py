@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rulekit import KETAMINE, NOW, PATIENT_ID, RULES, admin, obs, rule_text, ruleset, run
+from rulekit import KETAMINE, NOW, PATIENT_ID, RULES, admin, obs, rule_text, rule_version, ruleset, run
 
 from cds_service.engine.cards import CardSettings, build_cards, evidence_table
 from cds_service.engine.loader import load_ruleset
@@ -58,8 +58,9 @@ def test_card_shape(project: RuleSet) -> None:
     assert card["source"]["topic"]["code"] == "KB-02"
     assert card["source"]["topic"]["system"] == "https://kbladder-cds.org/fhir/CodeSystem/rule"
     rule = card["extension"]["org.kbladder-cds.rule"]
-    assert (rule["id"], rule["version"], rule["indicator"]) == ("KB-02", "1.0.0", "critical")
-    assert "*Rule KB-02 v1.0.0" in card["detail"]
+    version = rule_version("KB-02")
+    assert (rule["id"], rule["version"], rule["indicator"]) == ("KB-02", version, "critical")
+    assert f"*Rule KB-02 v{version}" in card["detail"]
 
 
 def test_card_has_no_empty_values_anywhere(project: RuleSet) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from rulekit import REPO, RULES, dedent
+from rulekit import REPO, RULES, dedent, rule_version
 
 KBLADDER = Path(sys.executable).with_name("kbladder")
 KB02 = RULES / "KB-02-hematuria-exposed.yaml"
@@ -261,7 +261,7 @@ def assert_explains_every_condition(result: Ran) -> None:
 def test_explain_shorthand_patient_that_fires(ran: dict[str, Ran]) -> None:
     result = ran["explain_shorthand"]
     assert result.code == 0, result
-    assert "KB-02 v1.0.0  Blood in urine during ketamine exposure  → FIRED warning" in result.out
+    assert f"KB-02 v{rule_version('KB-02')}  Blood in urine during ketamine exposure  → FIRED warning" in result.out
     assert_explains_every_condition(result)
     assert "1 match(es) from 2026-05-22 to 2026-08-20, need ≥ 1 (value ≥ trace)" in result.out
     assert "cards: 1\n  [warning] Blood in urine after 1 ketamine session" in result.out
