@@ -282,7 +282,41 @@ def test_statement_is_an_exposure_interval(status: str) -> None:
     assert made is not None
     assert made.kind == "statement"
     assert (made.start, made.end) == (datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 3, 1, tzinfo=UTC))
-    assert made.dose.mg == 50 and made.matched_by == "text"
+    assert made.matched_by == "text"
+    # 50 mg per dose, but how often is not recorded: the total over two months is not known
+    assert made.dose.mg is None and "how often" in made.dose.how
+
+
+def test_statement_total_is_dose_times_frequency_times_days() -> None:
+    daily = statement(dosage=[{"timing": {"repeat": {"frequency": 2, "period": 1, "periodUnit": "d"}},
+                               "doseAndRate": [{"doseQuantity": q(50, "mg")}]}])
+    made = session_from_statement(daily, "MedicationStatement/1", "ketamine", "code", [], None, NOW)
+    assert made is not None
+    assert made.dose.mg == pytest.approx(50 * 2 * 59)  # 2026-01-01 → 2026-03-01 is 59 days
+
+
+def test_active_statement_without_end_lasts_until_now() -> None:
+    ongoing = statement(effectivePeriod={"start": "2026-05-01"},
+                        dosage=[{"timing": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}},
+                                 "doseAndRate": [{"doseQuantity": q(200, "mg")}]}])
+    made = session_from_statement(ongoing, "MedicationStatement/1", "ketamine", "code", [], None, NOW)
+    assert made is not None and made.end == NOW
+    days = (NOW - datetime(2026, 5, 1, tzinfo=UTC)).total_seconds() / 86400
+    assert made.dose.mg == pytest.approx(200 * days)
+    finished = session_from_statement({**ongoing, "status": "completed"}, "MedicationStatement/1", "k", "code",
+                                      [], None, NOW)
+    assert finished is not None and finished.end == finished.start
+
+
+def test_cumulative_dose_prorates_an_interval_to_the_window() -> None:
+    from cds_service.clinical.exposure import cumulative_mg
+
+    daily = statement(dosage=[{"timing": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}},
+                               "doseAndRate": [{"doseQuantity": q(100, "mg")}]}])
+    made = session_from_statement(daily, "MedicationStatement/1", "ketamine", "code", [], None, NOW)
+    assert made is not None
+    window = cumulative_mg([made], datetime(2026, 2, 1, tzinfo=UTC), datetime(2026, 2, 11, tzinfo=UTC))
+    assert window.mg == pytest.approx(1000)  # ten days of 100 mg a day
 
 
 @pytest.mark.parametrize("status", ["entered-in-error", "not-taken"])

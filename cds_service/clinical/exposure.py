@@ -249,17 +249,52 @@ def session_from_statement(
     medication: Mapping[str, Any] | None,
     now: datetime,
 ) -> Session | None:
-    """A MedicationStatement (patient-reported or external use) as an exposure interval."""
+    """A MedicationStatement (patient-reported or external use) as an exposure interval.
+
+    An active statement without an end is still going on at ``now``; its dose is the dose per
+    administration × administrations per day (``timing.repeat``) × days.
+    """
     if resource.get("status") not in COUNTED_STATEMENT_STATUS:
         return None
     start, end = _period(resource.get("effectivePeriod") or resource.get("effectiveDateTime"))
     start = start or end
     if start is None:
         return None
+    if end is None:
+        end = max(now, start) if resource.get("status") == "active" else start
     dosage = _first(resource.get("dosage"))
+    dose = interval_dose(dosage, start, end, weights, medication)
+    return Session(ref, "statement", start, end, dose, label, matched_by, _route(dosage))
+
+
+def doses_per_day(repeat: Mapping[str, Any]) -> float | None:
+    """Administrations per day from ``timing.repeat`` (frequency per period periodUnit)."""
+    frequency, period, unit = repeat.get("frequency", 1), repeat.get("period"), repeat.get("periodUnit")
+    if not isinstance(period, int | float) or not period or not isinstance(unit, str):
+        return None
+    unit = {"a": "a_j", "mo": "mo_j"}.get(unit, unit)  # FHIR units of time → UCUM (Julian year, month)
+    try:
+        return float(frequency) / (period * factor(unit, "d"))
+    except (UnitError, TypeError, ValueError):
+        return None
+
+
+def interval_dose(
+    dosage: Mapping[str, Any], start: datetime, end: datetime, weights: Sequence[Weight],
+    medication: Mapping[str, Any] | None,
+) -> Dose:
+    """Total mg over [start, end] of a repeated dose: dose × doses per day × days (at least one dose)."""
     amount = _first(dosage.get("doseAndRate"))
-    dose = dose_in_mg(amount.get("doseQuantity"), None, None, start, weights, medication)
-    return Session(ref, "statement", start, end or start, dose, label, matched_by, _route(dosage))
+    per_dose = dose_in_mg(amount.get("doseQuantity"), None, None, start, weights, medication)
+    days = (end - start).total_seconds() / 86400
+    if per_dose.missing or days <= 0:
+        return per_dose
+    per_day = doses_per_day((dosage.get("timing") or {}).get("repeat") or {})
+    if per_day is None:
+        return Dose(None, f"{per_dose.how} per dose, but how often is not recorded (timing.repeat)")
+    count = max(1.0, per_day * days)
+    return Dose(per_dose.mg * count, f"{per_dose.how} × {count:.0f} doses over {days:.0f} d",  # type: ignore[operator]
+                per_dose.quality)
 
 
 def session_from_request(
@@ -289,14 +324,29 @@ def session_from_request(
         if start is None:
             return None
     hours = _duration_hours(repeat)
-    end = start + timedelta(hours=hours) if hours else start
-    if not planned and bound_end:
-        end = bound_end
     amount = _first(dosage.get("doseAndRate"))
-    rate = amount.get("rateQuantity") or amount.get("rateRatio")
-    dose = dose_in_mg(amount.get("doseQuantity"), rate, hours, start, weights, medication)
-    kind = "planned" if planned else "supply"
-    return Session(ref, kind, start, end, dose, label, matched_by, _route(dosage))
+    if planned:  # one planned session: the next administration of the order
+        end = start + timedelta(hours=hours) if hours else start
+        rate = amount.get("rateQuantity") or amount.get("rateRatio")
+        dose = dose_in_mg(amount.get("doseQuantity"), rate, hours, start, weights, medication)
+        return Session(ref, "planned", start, end, dose, label, matched_by, _route(dosage))
+    end = bound_end or _supply_end(resource, start)
+    if end is None:
+        end = max(now, start) if resource.get("status") == "active" else start
+    dose = interval_dose(dosage, start, end, weights, medication)
+    return Session(ref, "supply", start, end, dose, label, matched_by, _route(dosage))
+
+
+def _supply_end(resource: Mapping[str, Any], start: datetime) -> datetime | None:
+    """End of a take-home supply: start + dispenseRequest.expectedSupplyDuration."""
+    duration = (resource.get("dispenseRequest") or {}).get("expectedSupplyDuration") or {}
+    value, unit = duration.get("value"), quantity_unit(duration)
+    if isinstance(value, int | float) and unit:
+        try:
+            return start + timedelta(hours=value * factor(unit, "h"))
+        except UnitError:
+            return None
+    return None
 
 
 def _duration_hours(repeat: Mapping[str, Any]) -> float | None:
@@ -349,11 +399,37 @@ class CumulativeDose:
     missing: tuple[Session, ...]
 
 
-def cumulative_mg(sessions: Sequence[Session]) -> CumulativeDose:
-    """Σ mg of the sessions given; sessions without a known dose are listed, never guessed."""
+def cumulative_mg(
+    sessions: Sequence[Session], start: datetime | None = None, end: datetime | None = None
+) -> CumulativeDose:
+    """Σ mg of the sessions given; sessions without a known dose are listed, never guessed.
+
+    A session that lasts (an infusion, a months-long statement) counts in proportion to the
+    part of it inside [start, end]: a constant rate over its length.
+    """
     counted = tuple(s for s in sessions if not s.dose.missing)
     missing = tuple(s for s in sessions if s.dose.missing)
-    return CumulativeDose(sum(s.dose.mg or 0.0 for s in counted), counted, missing)
+    return CumulativeDose(sum((s.dose.mg or 0.0) * overlap_fraction(s, start, end) for s in counted), counted, missing)
+
+
+def overlap_fraction(session: Session, start: datetime | None, end: datetime | None) -> float:
+    """The share of a session's duration inside [start, end] (1 for an instant inside it)."""
+    length = (session.end - session.start).total_seconds()
+    if length <= 0:
+        return 1.0
+    lo = max(session.start, start) if start else session.start
+    hi = min(session.end, end) if end else session.end
+    return max(0.0, (hi - lo).total_seconds()) / length
+
+
+def overlaps(session: Session, start: datetime | None, end: datetime) -> bool:
+    """True when a session (an instant or an interval) touches [start, end]."""
+    return session.start <= end and (start is None or session.end >= start)
+
+
+def is_session(session: Session) -> bool:
+    """An administration or a planned one: what "sessions" and "infusions" count (not supplies)."""
+    return session.kind in ("administration", "planned")
 
 
 def max_sessions_in_period(

@@ -356,7 +356,7 @@ class Count:
             return Outcome(Truth.FALSE, 0, span)
         data = ctx.data(self.data)
         if data.is_medication:
-            sessions = [s for s in ctx.sessions(self.data, planned=self.planned) if ctx.inside(s.start, span)]
+            sessions = [s for s in ctx.sessions(self.data, planned=self.planned) if ex.overlaps(s, *span)]
             count = len(sessions)
             truth = Truth.of(compare_all(self.comparisons, count))
             return Outcome(
@@ -541,7 +541,7 @@ class CumulativeDose:
         if isinstance(found, str):
             return Outcome(Truth.FALSE, 0, found)
         sessions, span = found
-        total = ex.cumulative_mg(sessions)
+        total = ex.cumulative_mg(sessions, *span)
         truth = _threshold_truth(total.mg, self.comparisons, math.inf if total.missing else 0.0)
         detail = f"{total.mg:g} mg in {len(total.counted)} session(s) {ctx.span_text(span)}"
         detail += f", need {describe_all(self.comparisons)}"
@@ -571,7 +571,7 @@ class SessionRate:
         found = ctx.sessions_in(self.data, self.window, planned=self.planned)
         if isinstance(found, str):
             return Outcome(Truth.FALSE, 0, found)
-        sessions, _ = found
+        sessions = [s for s in found[0] if ex.is_session(s)]
         period = timedelta(seconds=duration_seconds(self.period))
         best, members = ex.max_sessions_in_period(sessions, period, self.consecutive)
         truth = Truth.of(compare_all(self.comparisons, best))
@@ -600,7 +600,7 @@ class InfusionDuration:
         if isinstance(found, str):
             return Outcome(Truth.FALSE, 0, found)
         sessions, span = found
-        merged = ex.merged_intervals(sessions)
+        merged = ex.merged_intervals([s for s in sessions if ex.is_session(s)])
         if not merged:
             return Outcome(Truth.FALSE, 0, f"no {self.data} infusion {ctx.span_text(span)}")
         start, end, members = max(merged, key=lambda m: m[1] - m[0])
@@ -651,7 +651,7 @@ class NewCourse:
     """A draft order that starts a new course: no session within the course gap before it."""
 
     def evaluate(self, ctx: RuleContext) -> Outcome:
-        planned = [s for s in ctx.course_sessions() if s.planned]
+        planned = [s for s in ctx.all_course_sessions() if s.planned]
         if not planned:
             return Outcome(Truth.FALSE, False, "no draft order for the course medications")
         first = min(planned, key=lambda s: s.start)
@@ -755,7 +755,7 @@ class PlannedGap:
         if not planned:
             return Outcome(Truth.FALSE, None, "no draft order")
         first = planned[0]
-        before = [s for s in sessions if not s.planned and s.start <= first.start]
+        before = [s for s in sessions if not s.planned and ex.is_session(s) and s.start <= first.start]
         if not before:
             return Outcome(Truth.FALSE, None, "no earlier session")
         previous = max(before, key=lambda s: s.end)

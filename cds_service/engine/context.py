@@ -67,7 +67,7 @@ class RuleContext:
         span = self.window(window)
         if isinstance(span, str):
             return span
-        return [s for s in self.sessions(key, planned=planned) if self.inside(s.start, span)], span
+        return [s for s in self.sessions(key, planned=planned) if ex.overlaps(s, *span)], span
 
     def bundle(self) -> dict[str, Any]:
         """The patient's data as a searchset Bundle, the root for FHIRPath conditions."""
@@ -94,10 +94,16 @@ class RuleContext:
         return sorted((s for k in keys for s in self.sessions(k)), key=lambda s: (s.start, s.end))
 
     def course_sessions(self) -> list[ex.Session]:
-        """Sessions of the latest course (a gap longer than the course gap starts a new one)."""
+        """Sessions of the latest course that was actually given (a longer gap starts a new course).
+
+        A draft order that starts a new course does not hide the course before it: findings
+        during and after the last course given still count when ketamine is ordered again.
+        Only a patient who never had ketamine has a course made of the draft alone.
+        """
         if self._course is None:
             courses = ex.courses(self.all_course_sessions(), self.course_gap())
-            self._course = courses[-1] if courses else []
+            given = [c for c in courses if any(not s.planned for s in c)]
+            self._course = (given or courses or [[]])[-1]
         return self._course
 
     def anchor_time(self, name: str, current: datetime | None = None) -> datetime | None:
@@ -117,7 +123,7 @@ class RuleContext:
             sessions = [s for s in self.all_course_sessions() if not s.planned]
             return sessions[0].start if sessions else None
         if name == "planned_start":
-            planned = [s for s in course if s.planned]
+            planned = [s for s in self.all_course_sessions() if s.planned]
             return planned[0].start if planned else None
         raise KeyError(name)
 
