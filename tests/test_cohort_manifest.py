@@ -1,0 +1,72 @@
+"""The synthetic cohort's manifest against the engine: every patient gets exactly the cards its scenario expects.
+
+The manifest is written from each scenario's clinical intent (clinical.md §2), not computed by the engine,
+so a disagreement is either a rule bug or a scenario bug — both worth a red test. Three seeds, two of them
+overlaid on the shared Synthea backgrounds, and two evaluation times, keep the scenarios honest.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from cds_service.clinical.record import PatientRecord
+from cds_service.engine.evaluate import evaluate
+from cds_service.engine.loader import load_ruleset
+from cds_service.engine.model import RuleSet
+from cds_service.fhir.parse import bundle_resources, parse_resources
+from cds_service.synth import generate_cohort
+
+REPO = Path(__file__).resolve().parents[1]
+BACKGROUNDS = REPO.parent / "shared" / "data" / "synthetic-fhir-r4"
+HOOKS = ("patient-view", "order-select", "order-sign")
+
+
+@pytest.fixture(scope="module")
+def rules() -> RuleSet:
+    loaded = load_ruleset([REPO / "rules"])
+    assert loaded.ruleset is not None, "\n".join(map(str, loaded.problems))
+    return loaded.ruleset
+
+
+def cards_for(rules: RuleSet, resources: list[dict], drafts: list[dict], hook: str, now: datetime) -> set[str]:
+    valid, problems = parse_resources(resources)
+    assert not problems, problems
+    if hook == "order-select":
+        drafts = drafts[:1]  # the demo and the manifest select the first draft order
+    record = PatientRecord(valid, drafts=drafts if hook != "patient-view" else [], ordinal_codes=rules.ordinal_codes)
+    return {r.rule.id for r in evaluate(rules, record, hook=hook, now=now).shown()}
+
+
+@pytest.mark.parametrize(
+    ("seed", "now", "overlay"),
+    [
+        (1, None, False),
+        (7, datetime(2026, 9, 15, 14, 30, tzinfo=UTC), True),
+        (2026, datetime(2027, 1, 3, 8, 0, tzinfo=UTC), True),
+    ],
+)
+def test_every_patient_gets_the_cards_its_scenario_expects(rules: RuleSet, seed: int, now: datetime | None,
+                                                           overlay: bool) -> None:
+    cohort = generate_cohort(seed, now, backgrounds=BACKGROUNDS if overlay else None)
+    assert len(cohort.patients) >= 40
+    mismatches = []
+    for patient in cohort.patients:
+        resources = bundle_resources(patient.bundle)
+        for hook in HOOKS:
+            if hook != "patient-view" and not patient.draft_orders:
+                got: set[str] = set()
+            else:
+                got = cards_for(rules, resources, patient.draft_orders, hook, cohort.now)
+            expected = set(patient.expected[hook])
+            if got != expected:
+                mismatches.append(f"{patient.id} {hook}: expected {sorted(expected)}, got {sorted(got)}")
+    assert not mismatches, "\n".join(mismatches)
+
+
+def test_the_cohort_exercises_every_rule(rules: RuleSet) -> None:
+    cohort = generate_cohort(1)
+    expected = {rule for patient in cohort.patients for hook in HOOKS for rule in patient.expected[hook]}
+    assert expected == {rule.id for rule in rules.rules}
