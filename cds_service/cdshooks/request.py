@@ -288,6 +288,8 @@ def _parse_prefetch(value: object) -> dict[str, Any]:
         # null = "no data" (P4); otherwise a resource (Bundle, single resource, OperationOutcome).
         if item is None:
             continue
+        if key == "extension" and isinstance(item, dict):
+            continue  # G3: "extension" is reserved on every object (never a template key of ours): ignore it
         if not isinstance(item, dict) or not isinstance(item.get("resourceType"), str):
             raise RequestError(f"prefetch.{key}", "expected a FHIR resource object or null")
     return prefetch
