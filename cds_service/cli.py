@@ -150,5 +150,55 @@ def serve_cmd(**options: Any) -> None:
     serve(settings)
 
 
+@main.command("synth")
+@click.option("--seed", type=int, default=1, show_default=True, help="Same seed, same cohort, byte for byte.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder to write.")
+@click.option("--now", help="Reference time of the cohort (ISO 8601; default 2026-06-01T09:00:00Z).")
+@click.option("--backgrounds", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of Synthea bundles to overlay (e.g. ../shared/data/synthetic-fhir-r4).")
+def synth_cmd(seed: int, out: Path, now: str | None, backgrounds: Path | None) -> None:
+    """Write a synthetic ketamine cohort: FHIR R4 transaction bundles, draft orders and a manifest."""
+    from cds_service.synth import main_synth
+
+    try:
+        manifest = main_synth(seed, out, now, backgrounds)
+    except (ValueError, OSError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    with_drafts = sum(1 for p in manifest["patients"] if p["files"]["drafts"])
+    click.echo(f"{len(manifest['patients'])} patients ({with_drafts} with draft orders), seed {seed}, "
+               f"now {manifest['now']}: {out}/manifest.json")
+
+
+@main.command("demo")
+@click.option("--seed", type=int, default=1, show_default=True, help="Cohort seed (when no --cohort is given).")
+@click.option("--cohort", "cohort_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A folder written by `kbladder synth` instead of a fresh cohort.")
+@click.option("--rules", "rules_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=DEFAULT_RULES, show_default=True)
+@click.option("--backgrounds", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Overlay Synthea backgrounds on a fresh cohort.")
+def demo_cmd(seed: int, cohort_dir: Path | None, rules_dir: Path, backgrounds: Path | None) -> None:
+    """Replay a synthetic cohort through the real HTTP service and show which cards each patient got."""
+    import tempfile
+
+    from cds_service import demo
+    from cds_service.synth import generate_cohort
+
+    if cohort_dir is not None:
+        now, patients = demo.from_directory(cohort_dir)
+    else:
+        now, patients = demo.from_cohort(generate_cohort(seed, backgrounds=backgrounds))
+    label = f"replaying {len(patients)} patients over HTTP"
+    with (
+        tempfile.TemporaryDirectory(prefix="kbladder-demo-") as scratch,
+        demo.serving(rules_dir, now, Path(scratch)) as url,
+        click.progressbar(length=len(patients), label=label, file=sys.stderr) as bar,
+    ):
+        rows = demo.replay(patients, url, on_progress=bar.update)
+    click.echo(demo.table(rows))
+    click.echo("")
+    click.echo(demo.summary(rows))
+
+
 if __name__ == "__main__":
     main()
