@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from rulekit import admin, load, obs, result_of, rule_text, ruleset, run
+from rulekit import ESKETAMINE, admin, load, obs, result_of, rule_text, ruleset, run
 
 from cds_service.engine.evaluate import FIRED, NOT_FIRED, UNDECIDED
 from cds_service.engine.model import RuleSet
@@ -131,3 +131,18 @@ def test_near_unknown_data_is_reported_at_its_line(tmp_path: Path) -> None:
 def test_describe_mentions_the_pairing(rules: RuleSet) -> None:
     node = rules.rules[0].conditions["sterile_pyuria"]
     assert "culture where value in culture-no-growth within ± 7 d" in node.describe()
+
+
+def test_near_takes_several_data_keys_of_one_kind(tmp_path: Path) -> None:
+    body = STERILE_PYURIA.replace("  ketamine: {resources: [MedicationAdministration], valueset: ketamine}",
+                                  "  ketamine: {resources: [MedicationAdministration], valueset: ketamine}\n"
+                                  "  esketamine: {resources: [MedicationAdministration], valueset: esketamine}")
+    body = body.replace("{data: ketamine, within: PT24H}", "{data: [ketamine, esketamine], within: PT24H}")
+    rules = ruleset(tmp_path, {"T-01.yaml": rule_text(body)}, VALUESETS)
+    near_esketamine = run(rules, [admin("-5d", "56 mg", medication=ESKETAMINE), obs(LE, "-5d", "negative")])
+    apart = run(rules, [admin("-5d", "56 mg", medication=ESKETAMINE), obs(LE, "-2d", "negative")])
+    assert not result_of(near_esketamine).conditions["outside_sessions"].truth
+    assert result_of(apart).conditions["outside_sessions"].truth
+    mixed = body.replace("[ketamine, esketamine]", "[ketamine, le]")
+    result = load(tmp_path / "mixed", {"T-01.yaml": rule_text(mixed)}, VALUESETS)
+    assert result.ruleset is None and any("not both" in p.message for p in result.errors)

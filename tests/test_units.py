@@ -119,3 +119,8 @@ def test_quantity_unit_prefers_the_ucum_code_over_the_display_unit() -> None:
     assert quantity_unit({"value": 1, "unit": "mcg"}) == "mcg"  # free text when not coded
     assert quantity_unit({"value": 1, "unit": "vial", "system": "http://example.org", "code": "V"}) == "vial"
     assert quantity_unit({"value": 1}) is None
+
+
+@pytest.mark.parametrize("written", ["mL/min/1.73m2", "mL/min/1.73 m2", "ml/min/1.73m^2", "mL/min/{1.73_m2}"])
+def test_egfr_units_as_labs_write_them(written: str) -> None:
+    assert convert(45, written, "mL/min/{1.73_m2}") == pytest.approx(45)

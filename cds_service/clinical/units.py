@@ -39,6 +39,10 @@ _ALIASES: dict[str, str] = {
     "hpf": "/[HPF]",
     "/hpf": "/[HPF]",
     "cfu/ml": "{CFU}/mL",
+    "ml/min/1.73m2": "mL/min/{1.73_m2}",
+    "ml/min/1.73 m2": "mL/min/{1.73_m2}",
+    "ml/min/1.73m^2": "mL/min/{1.73_m2}",
+    "ml/min/{1.73m2}": "mL/min/{1.73_m2}",
 }
 _ALIAS_PART = re.compile(r"(?<![A-Za-z\[])(mcg|µg|μg|hr)(?![A-Za-z\]])")
 

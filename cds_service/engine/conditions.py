@@ -171,7 +171,7 @@ class Near:
     *not* near a clinical session (KB-14, with ``negate``).
     """
 
-    data: str
+    data: tuple[str, ...]
     within: Duration | None
     after: Duration | None
     where: Where | None
@@ -184,21 +184,24 @@ class Near:
         return start - self.within <= time <= end + self.within
 
     def test(self, finding: Finding, ctx: RuleContext) -> tuple[Truth, str | None]:
+        names = "/".join(self.data)
         if finding.time is None:
-            return Truth.UNKNOWN, f"{finding.ref}: no date to pair with {self.data}"
-        data = ctx.data(self.data)
-        if data.is_medication:
-            hit = any(self._close(finding.time, s.start, s.end) for s in ctx.sessions(self.data, planned=False))
-            truth = Truth.of(hit)
-        else:
-            truths = [
-                self.where.test(other, data, ctx)[0] if self.where else Truth.TRUE
-                for other in ctx.findings(self.data)
-                if other is not finding and other.time is not None
-                and self._close(finding.time, other.time, other.end or other.time)
-            ]
-            truth = any_of(truths)
-        note = f"{finding.ref}: undecided whether {self.data} is near" if truth is Truth.UNKNOWN else None
+            return Truth.UNKNOWN, f"{finding.ref}: no date to pair with {names}"
+        truths: list[Truth] = []
+        for key in self.data:
+            data = ctx.data(key)
+            if data.is_medication:
+                hit = any(self._close(finding.time, s.start, s.end) for s in ctx.sessions(key, planned=False))
+                truths.append(Truth.of(hit))
+            else:
+                truths.extend(
+                    self.where.test(other, data, ctx)[0] if self.where else Truth.TRUE
+                    for other in ctx.findings(key)
+                    if other is not finding and other.time is not None
+                    and self._close(finding.time, other.time, other.end or other.time)
+                )
+        truth = any_of(truths)
+        note = f"{finding.ref}: undecided whether {names} is near" if truth is Truth.UNKNOWN else None
         return (not_of(truth) if self.negate else truth), note
 
     def describe(self) -> str:
@@ -206,7 +209,8 @@ class Near:
         assert span is not None
         when = "after" if self.after is not None else "within ±"
         where = f" where {self.where.describe()}" if self.where else ""
-        return f"{'no ' if self.negate else ''}{self.data}{where} {when} {format_duration(duration_seconds(span))}"
+        names = " or ".join(self.data)
+        return f"{'no ' if self.negate else ''}{names}{where} {when} {format_duration(duration_seconds(span))}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -930,18 +934,25 @@ def _near(raw: Any, path: tuple[str | int, ...], scope: Scope, negate: bool) -> 
     if not isinstance(raw, Mapping):
         scope.problem(path, "near needs data and within or after")
         return None
-    data = scope.data(raw.get("data"), (*path, "data"))
+    keys = raw.get("data") if isinstance(raw.get("data"), list) else [raw.get("data")]
+    found = [scope.data(key, (*path, "data", i) if isinstance(raw.get("data"), list) else (*path, "data"))
+             for i, key in enumerate(keys)]
     if ("within" in raw) == ("after" in raw):
         scope.problem(path, "near needs exactly one of within (either side) or after (after the other only)")
         return None
     key = "within" if "within" in raw else "after"
     span = scope.value(raw[key], (*path, key), ("duration",))
-    where = _where(raw.get("where"), (*path, "where"), scope, data)
-    if data is not None and data.is_medication and where is not None:
+    datas = [d for d in found if d is not None]
+    kinds = {d.is_medication for d in datas}
+    if len(kinds) > 1:
+        scope.problem((*path, "data"), "near pairs with sessions or with findings, not both in one list")
+    where = _where(raw.get("where"), (*path, "where"), scope, datas[0] if len(datas) == 1 else None)
+    if where is not None and True in kinds:
         scope.problem((*path, "where"), "near a session takes no where filter")
-    if data is None or span is None:
+    if len(datas) != len(found) or span is None:
         return None
-    return Near(data.key, span if key == "within" else None, span if key == "after" else None, where, negate)
+    return Near(tuple(d.key for d in datas), span if key == "within" else None, span if key == "after" else None,
+                where, negate)
 
 
 def _count(body: Mapping[str, Any], path: tuple[str | int, ...], scope: Scope) -> Node | None:

@@ -90,6 +90,12 @@ def evaluate_rule(rule: Rule, record: PatientRecord, hook: str, now: datetime) -
         if outcome.truth is Truth.TRUE:
             result.status, result.fired = FIRED, tier
             result.reason = f"tier {tier.indicator} holds"
+            # A stronger tier that could not be decided might have applied: the card says what was missing.
+            stronger = [t for t in result.tiers[:-1] if t.outcome.truth is Truth.UNKNOWN]
+            if stronger:
+                result.missing = sorted({f"{t.indicator} tier not assessable: {m}"
+                                         for t in stronger for m in t.outcome.missing})
+                result.reason += f"; the stronger {'/'.join(t.indicator for t in stronger)} tier could not be decided"
             return result
     unknown = [t for t in result.tiers if t.outcome.truth is Truth.UNKNOWN]
     partial = sorted({
