@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import statistics
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,7 +22,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import requests
-from werkzeug.serving import make_server
+
+from cds_service import loopback
 
 HOOKS = ("patient-view", "order-select", "order-sign")
 SERVICE_IDS = {hook: f"kbladder-{hook}" for hook in HOOKS}
@@ -172,19 +172,15 @@ def serving(rules_dir: Path, now: datetime, database_dir: Path) -> Iterator[str]
     from cds_service.store import Store
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the table is the demo's output, not access lines
-    url = f"sqlite:///{database_dir / 'demo.sqlite3'}"
-    settings = Settings(database_url=url, rules_dir=str(rules_dir), reload_interval_s=0)
-    store = Store(url)
+    database_url = f"sqlite:///{database_dir / 'demo.sqlite3'}"
+    settings = Settings(database_url=database_url, rules_dir=str(rules_dir), reload_interval_s=0)
+    store = Store(database_url)
     rules = RulesState([rules_dir], reload_interval_s=0)
     app = create_app(settings, rules_state=rules, store=store, clock=lambda: now)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}"
+        with loopback.serve(app) as base_url:
+            yield base_url
     finally:
-        server.shutdown()
-        thread.join(timeout=10)
         store.dispose()
 
 

@@ -17,21 +17,19 @@ import io
 import json
 import logging
 import re
-import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import requests
-from flask import Flask
+from hookdata import KETAMINE, at, bundle, ketamine_by_reference, ketamine_given, ketamine_product, patient, serving
 from pytest_httpserver import HTTPServer
 from sqlalchemy import func, select
-from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from cds_service.app import create_app
@@ -53,7 +51,6 @@ REPO = Path(__file__).resolve().parents[1]
 RULES = REPO / "rules"
 PV, OSEL, OSIGN = "kbladder-patient-view", "kbladder-order-select", "kbladder-order-sign"
 SERVICE_FOR_HOOK = {"patient-view": PV, "order-select": OSEL, "order-sign": OSIGN}
-KETAMINE = {"coding": [{"system": "http://snomed.info/sct", "code": "781954001"}]}
 PARACETAMOL = {"coding": [{"system": "http://snomed.info/sct", "code": "322236009"}], "text": "Paracetamol"}
 DIPSTICK_CODE = "http://loinc.org|5794-3"
 SANDBOX = "https://sandbox.cds-hooks.org"
@@ -69,18 +66,6 @@ UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 # -- the service over HTTP -----------------------------------------------------------------------------------
 
 
-@contextmanager
-def serving(app: Flask) -> Iterator[str]:
-    """Serve *app* with werkzeug's threaded server on a free loopback port; yields the base URL."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 class Service:
@@ -146,36 +131,16 @@ def service(rules: RulesState, tmp_path_factory: pytest.TempPathFactory) -> Iter
 # -- FHIR data ------------------------------------------------------------------------------------------------
 
 
-def at(days: float) -> str:
-    return (datetime.now(UTC) + timedelta(days=days)).isoformat()
 
 
-def bundle(*resources: dict[str, Any]) -> dict[str, Any]:
-    return {"resourceType": "Bundle", "type": "searchset", "total": len(resources),
-            "entry": [{"resource": r} for r in resources]}
 
 
-def patient(pid: str = "p1") -> dict[str, Any]:
-    return {"resourceType": "Patient", "id": pid, "gender": "female", "birthDate": "1992-03-04"}
 
 
-def ketamine_given(pid: str = "p1", days: float = -3, rid: str = "ma1") -> dict[str, Any]:
-    """Ketamine 35 mg given *days* ago, coded by medicationCodeableConcept (SNOMED 781954001)."""
-    return {"resourceType": "MedicationAdministration", "id": rid, "status": "completed",
-            "medicationCodeableConcept": KETAMINE, "subject": {"reference": f"Patient/{pid}"},
-            "effectiveDateTime": at(days),
-            "dosage": {"dose": {"value": 35, "unit": "mg", "system": "http://unitsofmeasure.org", "code": "mg"}}}
 
 
-def ketamine_by_reference(pid: str = "p1", medication_id: str = "ket-50") -> dict[str, Any]:
-    resource = ketamine_given(pid, rid="ma-ref")
-    del resource["medicationCodeableConcept"]
-    resource["medicationReference"] = {"reference": f"Medication/{medication_id}"}
-    return resource
 
 
-def ketamine_product(medication_id: str = "ket-50") -> dict[str, Any]:
-    return {"resourceType": "Medication", "id": medication_id, "code": KETAMINE}
 
 
 def dipstick(pid: str = "p1", value: str = "1+", days: float = -1, rid: str = "o1") -> dict[str, Any]:

@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from flask import Flask
+from hookdata import KETAMINE, at, bundle, ketamine_by_reference, ketamine_given, ketamine_product, patient, serving
 from rulekit import rule_version
-from werkzeug.serving import make_server
 
 from cds_service.app import create_app
 from cds_service.cdshooks import discovery_problems, response_problems, template_problems
@@ -36,25 +33,12 @@ RULES = REPO / "rules"
 EXT = "org.kbladder-cds"
 PV, OSEL, OSIGN = "kbladder-patient-view", "kbladder-order-select", "kbladder-order-sign"
 MAX_BODY = 64 * 1024
-KETAMINE = {"coding": [{"system": "http://snomed.info/sct", "code": "781954001"}]}
 PARACETAMOL = {"coding": [{"system": "http://snomed.info/sct", "code": "322236009"}], "text": "Paracetamol"}
 
 
 # -- serving ---------------------------------------------------------------------------------------------
 
 
-@contextmanager
-def serving(app: Flask) -> Iterator[str]:
-    """Serve *app* with werkzeug's threaded server on a free port; yields the base URL."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 class Service:
@@ -86,39 +70,16 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 # -- FHIR test data ---------------------------------------------------------------------------------------
 
 
-def at(days: float) -> str:
-    return (datetime.now(UTC) + timedelta(days=days)).isoformat()
 
 
-def bundle(*resources: dict[str, Any]) -> dict[str, Any]:
-    return {"resourceType": "Bundle", "type": "searchset", "total": len(resources),
-            "entry": [{"resource": r} for r in resources]}
 
 
-def patient(pid: str = "p1") -> dict[str, Any]:
-    return {"resourceType": "Patient", "id": pid, "gender": "female", "birthDate": "1992-03-04"}
 
 
-def ketamine_given(pid: str = "p1", days: float = -10, rid: str = "ma1") -> dict[str, Any]:
-    return {"resourceType": "MedicationAdministration", "id": rid, "status": "completed",
-            "medicationCodeableConcept": KETAMINE, "subject": {"reference": f"Patient/{pid}"},
-            "effectiveDateTime": at(days),
-            "dosage": {"dose": {"value": 35, "unit": "mg", "system": "http://unitsofmeasure.org", "code": "mg"}}}
 
 
-def ketamine_by_reference(pid: str = "p1", medication_id: str = "ket-50") -> dict[str, Any]:
-    """A ketamine administration that names its product only by reference to a Medication."""
-    resource = ketamine_given(pid, rid="ma-ref")
-    del resource["medicationCodeableConcept"]
-    resource["medicationReference"] = {"reference": f"Medication/{medication_id}"}
-    return resource
 
 
-def ketamine_product(medication_id: str | None = "ket-50") -> dict[str, Any]:
-    resource: dict[str, Any] = {"resourceType": "Medication", "code": KETAMINE}
-    if medication_id:
-        resource["id"] = medication_id
-    return resource
 
 
 def dipstick(pid: str = "p1", value: str = "1+", days: float = -2, rid: str = "o1") -> dict[str, Any]:

@@ -1,0 +1,47 @@
+"""FHIR data for service-level tests: a patient given ketamine, a positive dipstick, Bundles, relative times."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cds_service.loopback import serve as serving  # noqa: F401  (re-exported for the HTTP tests)
+
+KETAMINE = {"coding": [{"system": "http://snomed.info/sct", "code": "781954001"}]}
+
+
+def at(days: float) -> str:
+    """An instant *days* from the wall clock (the service under test reads the wall clock)."""
+    return (datetime.now(UTC) + timedelta(days=days)).isoformat()
+
+
+def bundle(*resources: dict[str, Any]) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": "searchset", "total": len(resources),
+            "entry": [{"resource": r} for r in resources]}
+
+
+def patient(pid: str = "p1") -> dict[str, Any]:
+    return {"resourceType": "Patient", "id": pid, "gender": "female", "birthDate": "1992-03-04"}
+
+
+def ketamine_given(pid: str = "p1", days: float = -10, rid: str = "ma1") -> dict[str, Any]:
+    """Ketamine 35 mg given *days* ago, coded by medicationCodeableConcept (SNOMED 781954001)."""
+    return {"resourceType": "MedicationAdministration", "id": rid, "status": "completed",
+            "medicationCodeableConcept": KETAMINE, "subject": {"reference": f"Patient/{pid}"},
+            "effectiveDateTime": at(days),
+            "dosage": {"dose": {"value": 35, "unit": "mg", "system": "http://unitsofmeasure.org", "code": "mg"}}}
+
+
+def ketamine_by_reference(pid: str = "p1", medication_id: str = "ket-50") -> dict[str, Any]:
+    """A ketamine administration that names its product only by reference to a Medication."""
+    resource = ketamine_given(pid, rid="ma-ref")
+    del resource["medicationCodeableConcept"]
+    resource["medicationReference"] = {"reference": f"Medication/{medication_id}"}
+    return resource
+
+
+def ketamine_product(medication_id: str | None = "ket-50") -> dict[str, Any]:
+    resource: dict[str, Any] = {"resourceType": "Medication", "code": KETAMINE}
+    if medication_id:
+        resource["id"] = medication_id
+    return resource
