@@ -6,7 +6,10 @@ Tests pass their own ``rules_state`` and ``store``; ``kbladder serve`` (and each
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -15,6 +18,7 @@ from flask import Flask, Response, g, request
 
 from cds_service.config import Settings
 from cds_service.http import discovery, feedback, health, hooks
+from cds_service.http.auth import install_auth
 from cds_service.http.context import EXTENSION, ServiceContext, wall_clock
 from cds_service.http.cors import install_cors
 from cds_service.http.errors import register_error_handlers
@@ -53,12 +57,23 @@ def create_app(
         app.register_blueprint(blueprint)
     register_error_handlers(app)
     install_cors(app, settings.cors_origins)
-    _install_access_log(app)
+    _install_access_log(app, settings)  # before auth: refused calls are logged too
+    install_auth(app, settings)  # JWT on discovery, service and feedback URLs when settings.auth.enabled
     return app
 
 
-def _install_access_log(app: Flask) -> None:
+LOG_KEY = "kbladder.log_hash_key"
+
+
+def patient_hash(key: bytes, patient_id: str) -> str:
+    """HMAC-SHA256 of the patient id under the service's log key, shortened: stable, not reversible."""
+    return hmac.new(key, patient_id.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+
+
+def _install_access_log(app: Flask, settings: Settings) -> None:
     """One JSON line per request: method, path, status, ms (never headers, query values or bodies)."""
+    # Without a configured key each process draws its own: hashes still correlate one worker's calls.
+    app.extensions[LOG_KEY] = (settings.log_hash_key or "").encode("utf-8") or secrets.token_bytes(32)
 
     @app.before_request
     def _start() -> None:
@@ -75,7 +90,14 @@ def _install_access_log(app: Flask) -> None:
         if g.get("hook_instance"):
             fields["hook"] = g.get("hook")
             fields["hookInstance"] = g.hook_instance
+        if g.get("patient_id"):  # the patient only as a keyed hash: correlates calls, reveals nobody
+            fields["patient"] = patient_hash(app.extensions[LOG_KEY], g.patient_id)
         if g.get("cards") is not None:
             fields["cards"] = g.cards
+        client = g.get("client")
+        if client is not None:  # who called (iss, tenant, jti may be logged; the JWT never is)
+            fields["iss"] = client.issuer.iss
+            if client.tenant:
+                fields["tenant"] = client.tenant
         access_log.info("request", extra={"fields": fields})
         return response

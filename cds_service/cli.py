@@ -138,15 +138,20 @@ def explain_cmd(patient_file: Path, hook: str, now: str | None, draft_file: Path
 @click.option("--database-url", envvar="KBLADDER_DATABASE_URL",
               help="SQLAlchemy URL (default sqlite:///var/kbladder.sqlite3).")
 @click.option("--workers", envvar="KBLADDER_WORKERS", type=int, help="1: threaded server; more: gunicorn.")
-def serve_cmd(**options: Any) -> None:
-    """Serve the CDS Hooks endpoints (other settings: KBLADDER_* environment variables)."""
+@click.option("--config", "config_file", envvar="KBLADDER_CONFIG", type=click.Path(path_type=Path),
+              help="YAML config file (public_url, auth issuers, ...; see docs/configuration.md).")
+@click.option("--insecure-no-auth-on-public-interface", "insecure_no_auth_on_public_interface", is_flag=True,
+              default=None, help="Allow serving with auth off on a non-loopback address (never in production).")
+def serve_cmd(config_file: Path | None, **options: Any) -> None:
+    """Serve the CDS Hooks endpoints (other settings: config file and KBLADDER_* environment variables)."""
     from cds_service.config import ConfigError, Settings
     from cds_service.serve import serve
 
     try:
-        settings = Settings.load(**options)
+        settings = Settings.load(config=config_file, **options)
     except ConfigError as exc:
-        raise click.UsageError(str(exc)) from exc
+        click.echo(f"kbladder serve: {exc}", err=True)
+        sys.exit(2)
     serve(settings)
 
 

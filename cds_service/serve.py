@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -51,9 +52,34 @@ def prepare(settings: Settings) -> None:
             Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
+AUTH_OFF_BANNER = (
+    "\n" + "!" * 78 + "\n"
+    "!!  AUTHENTICATION IS OFF: any caller can invoke the CDS services (no JWT check).  !!\n"
+    "!!  Development only. Enable auth in a config file before connecting an EHR.      !!\n"
+    + "!" * 78 + "\n"
+)
+
+
 def serve(settings: Settings) -> None:
-    """Start serving with *settings*; returns after a graceful shutdown."""
+    """Start serving with *settings*; returns after a graceful shutdown.
+
+    Refuses (exit 2) to serve with auth off on a non-loopback address unless
+    ``insecure_no_auth_on_public_interface`` is set; with auth off, warns loudly either way.
+    """
     configure_logging()
+    problem = settings.exposure_problem()
+    if problem is not None:
+        log.error(problem)
+        raise SystemExit(2)
+    if not settings.auth.enabled:
+        if sys.stderr.isatty():  # a person at a terminal (make run); pipelines get JSON lines only
+            sys.stderr.write(AUTH_OFF_BANNER)
+        fields = {"host": settings.host, "insecureFlag": settings.insecure_no_auth_on_public_interface}
+        log.warning("AUTHENTICATION IS OFF: development only, any caller can invoke the CDS services",
+                    extra={"fields": fields})
+    else:
+        log.info("authentication on", extra={"fields": {
+            "issuers": [i.iss for i in settings.auth.issuers], "publicUrl": settings.public_url}})
     prepare(settings)
     if settings.workers > 1:
         _serve_gunicorn(settings)

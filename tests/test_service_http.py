@@ -515,3 +515,40 @@ def test_the_injected_clock_is_the_evaluation_time(tmp_path: Path) -> None:
     store.dispose()
     assert "KB-02" in answers["then"]
     assert "KB-02" not in answers["now"]
+
+
+def test_prefetch_over_the_entry_limit_is_413_naming_prefetch(tmp_path: Path) -> None:
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'limit.sqlite3'}", reload_interval_s=0,
+                        max_prefetch_entries=5)
+    store = Store(settings.database_url)
+    app = create_app(settings, rules_state=RulesState([RULES], reload_interval_s=0), store=store)
+    many = [dipstick(rid=f"o{i}") for i in range(5)]
+    with serving(app) as url:
+        over = requests.post(f"{url}/cds-services/{PV}", json=request_body(prefetch=prefetch(ketamine_given(), *many)),
+                             timeout=30)
+        under = requests.post(f"{url}/cds-services/{PV}", json=request_body(prefetch=prefetch(ketamine_given())),
+                              timeout=30)
+    store.dispose()
+    assert over.status_code == 413 and over.json()["error"]["field"] == "prefetch", over.text
+    assert under.status_code == 200, under.text
+
+
+def test_access_log_names_the_patient_only_by_a_keyed_hash(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from cds_service.app import patient_hash
+
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'hash.sqlite3'}", reload_interval_s=0,
+                        log_hash_key="site-secret")
+    store = Store(settings.database_url)
+    app = create_app(settings, rules_state=RulesState([RULES], reload_interval_s=0), store=store)
+    pid = "Zebediah-Quux-4711"
+    with caplog.at_level("INFO", logger="cds_service.access"), serving(app) as url:
+        for _ in range(2):
+            body = request_body(pid=pid, prefetch=prefetch(ketamine_given(pid), dipstick(pid), pid=pid))
+            assert requests.post(f"{url}/cds-services/{PV}", json=body, timeout=30).status_code == 200
+    store.dispose()
+    lines = [r for r in caplog.records if r.name == "cds_service.access" and r.getMessage() == "request"
+             and getattr(r, "fields", {}).get("hookInstance")]
+    hashes = {r.fields["patient"] for r in lines}  # type: ignore[attr-defined]
+    assert hashes == {patient_hash(b"site-secret", pid)}  # stable across calls, keyed by the site secret
+    assert patient_hash(b"another-secret", pid) not in hashes
+    assert all(pid not in r.getMessage() and pid not in str(getattr(r, "fields", "")) for r in caplog.records)

@@ -8,6 +8,9 @@ from .context import service_context
 
 bp = Blueprint("health", __name__)
 
+AUTH_OFF_WARNING = ("AUTHENTICATION IS OFF: any caller can invoke the CDS services. Development only; "
+                    "enable auth in the config file before connecting an EHR (docs/security.md).")
+
 
 @bp.get("/healthz")
 def healthz() -> Response:
@@ -26,7 +29,10 @@ def healthz() -> Response:
             "lastErrorAt": snapshot.last_error_at.isoformat() if snapshot.last_error_at else None,
         },
         "store": {"configured": ctx.store is not None, "reachable": store_ok},
+        "auth": {"enabled": ctx.settings.auth.enabled},
     }
+    if not ctx.settings.auth.enabled:
+        body["auth"]["warning"] = AUTH_OFF_WARNING
     response = jsonify(body)
     response.status_code = 200 if healthy else 503
     return response

@@ -1,18 +1,21 @@
 """POST /cds-services/<id>: validate, answer with cards, log the cards issued.
 
-Order of checks: unknown service (404) → media type (415) → size (413) → JSON (400) → CDS Hooks shape
-(400 naming the field) → data (412 when neither prefetch nor FHIR access can supply it).
+Order of checks: JWT (401, http/auth.py, when auth is on) → unknown service (404) → media type (415) →
+size (413) → JSON (400) → CDS Hooks shape (400 naming the field) → fhirServer allowed for the calling
+client (403, when auth is on) → data (412 when neither prefetch nor FHIR access can supply it).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, g, jsonify
 from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.cdshooks import parse_hook_request
+from cds_service.config import is_loopback_host
 from cds_service.fhir.prefetch import PrefetchUnavailable
 
 from .body import read_json
@@ -38,6 +41,16 @@ def invoke(service_id: str) -> Response:
                                  require_https=ctx.settings.require_https_fhir)
     g.hook_instance = request.hook_instance
     g.hook = request.hook
+    g.patient_id = request.patient_id
+    entries = prefetch_entries(request.prefetch)
+    if entries > ctx.settings.max_prefetch_entries:
+        return error_response(413, f"prefetch has {entries} resources; the limit is "
+                                   f"{ctx.settings.max_prefetch_entries}", field="prefetch")
+    if ctx.settings.auth.enabled and request.fhir_server is not None:
+        problem = fhir_server_problem(request.fhir_server, g.get("client"))
+        if problem is not None:  # before any outbound call: a forged fhirServer gets nothing from us
+            log.warning("fhirServer refused", extra={"fields": {"reason": problem, "hookInstance": g.hook_instance}})
+            return error_response(403, problem, field="fhirServer")
     ruleset = ctx.rules.ruleset
     if ruleset is None:
         return error_response(503, "no valid rule set is loaded")
@@ -61,3 +74,26 @@ def invoke(service_id: str) -> Response:
         except SQLAlchemyError as exc:
             log.error("could not record cards: %s", type(exc).__name__)
     return jsonify(outcome.body)
+
+
+def fhir_server_problem(fhir_server: str, client: object) -> str | None:
+    """Why the calling client may not send us to *fhir_server* (allowlist and https), or None if it may."""
+    allowed = getattr(getattr(client, "issuer", None), "fhir_servers", ())
+    if fhir_server.rstrip("/") not in allowed:
+        return "fhirServer is not allowed for this client"
+    parts = urlsplit(fhir_server)
+    if parts.scheme.lower() != "https" and not is_loopback_host(parts.hostname or ""):
+        return "fhirServer must use https"
+    return None
+
+
+def prefetch_entries(prefetch: object) -> int:
+    """Resources across all prefetch values: Bundle entries, or one per single resource."""
+    if not isinstance(prefetch, dict):
+        return 0
+    total = 0
+    for value in prefetch.values():
+        if isinstance(value, dict):
+            entries = value.get("entry") if value.get("resourceType") == "Bundle" else None
+            total += len(entries) if isinstance(entries, list) else 1
+    return total

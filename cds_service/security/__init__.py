@@ -1,0 +1,1 @@
+"""Security building blocks that are not HTTP views: the JWKS cache used by JWT verification."""
