@@ -59,6 +59,9 @@ class PatientRecord:
         self._ordinal_codes = ordinal_codes or {}
         self.unavailable: dict[str, str] = dict(unavailable or {})
         self._cache: dict[tuple[Any, ...], Any] = {}
+        # Per resource (by identity; the record holds them): facts every value set's Finding shares.
+        self._facts: dict[int, tuple[Any, ...]] = {}
+        self._code_index: dict[str, dict[tuple[str, str] | None, list[int]]] = {}
         for index, resource in enumerate(resources):
             rtype = str(resource.get("resourceType"))
             ref = resource_ref(resource, index)
@@ -85,14 +88,16 @@ class PatientRecord:
         if key not in self._cache:
             found: list[Finding] = []
             for rtype in types:
-                for ref, resource in self.by_type.get(rtype, ()):
+                for ref, resource in self._candidates(rtype, valueset):
                     match = valueset.match(code_of(resource))
                     if match is None:
                         continue
-                    status = status_of(resource)
+                    facts = self._facts.get(id(resource))
+                    if facts is None:
+                        facts = self._facts[id(resource)] = self._facts_of(resource, rtype)
+                    status, start, end, value, uln = facts
                     if status in EXCLUDED_STATUS:
                         continue
-                    start, end = event_time(resource)
                     found.append(
                         Finding(
                             ref=ref,
@@ -100,15 +105,45 @@ class PatientRecord:
                             time=start,
                             end=end,
                             label=_label(match, resource),
-                            value=value_of(resource, self._ordinal_codes) if rtype == "Observation" else None,
+                            value=value,
                             status=status,
                             resource=resource,
-                            uln=upper_limit(resource),
+                            uln=uln,
                         )
                     )
             found.sort(key=lambda f: (f.time is None, f.time))
             self._cache[key] = found
         return self._cache[key]
+
+    def _facts_of(self, resource: Mapping[str, Any], rtype: str) -> tuple[Any, ...]:
+        """(status, start, end, value, upper limit) of one resource: the same in every value set it is in."""
+        start, end = event_time(resource)
+        value = value_of(resource, self._ordinal_codes) if rtype == "Observation" else None
+        return status_of(resource), start, end, value, upper_limit(resource)
+
+    def _candidates(self, rtype: str, valueset: ValueSet) -> Iterable[tuple[str, Mapping[str, Any]]]:
+        """Resources of ``rtype`` that may match ``valueset``, in record order.
+
+        A set without text fallbacks matches by code only, so only resources carrying one of its codes
+        (or an odd coding the index cannot key) can match: they are looked up in a per-type code index
+        instead of testing every resource against every set. Sets with text fallbacks see every resource.
+        """
+        items = self.by_type.get(rtype, ())
+        if valueset.text or not items:
+            return items
+        index = self._code_index.get(rtype)
+        if index is None:
+            index = self._code_index[rtype] = _code_index(items)
+        positions: set[int] = set(index.get(None, ()))
+        concepts = valueset.concepts
+        if len(concepts) <= len(index):
+            for key in concepts:
+                positions.update(index.get(key, ()))
+        else:
+            for key, where in index.items():
+                if key in concepts:
+                    positions.update(where)
+        return [items[i] for i in sorted(positions)]
 
     # ------------------------------------------------------------ exposure
 
@@ -215,6 +250,27 @@ class PatientRecord:
         if rtype == "MedicationStatement":
             return session_from_statement(resource, ref, label, match.method, weights, medication, now)
         return session_from_request(resource, ref, label, match.method, weights, medication, now, planned=planned)
+
+
+def _code_index(items: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[tuple[str, str] | None, list[int]]:
+    """(system, code) → positions of the resources whose ``code`` has that coding; ``None`` → positions of
+    resources with a coding that is not a plain pair of strings (always tested, never missed)."""
+    index: dict[tuple[str, str] | None, list[int]] = defaultdict(list)
+    for position, (_, resource) in enumerate(items):
+        concept = code_of(resource)
+        if not concept:
+            continue
+        for coding in concept.get("coding") or ():
+            if not isinstance(coding, Mapping):
+                continue
+            system, code = coding.get("system"), coding.get("code")
+            if not system or not code:
+                continue  # match_coding ignores it too
+            key = (system, code) if isinstance(system, str) and isinstance(code, str) else None
+            where = index[key]
+            if not where or where[-1] != position:
+                where.append(position)
+    return dict(index)
 
 
 def _label(match: Match, resource: Mapping[str, Any]) -> str:

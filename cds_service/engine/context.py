@@ -34,6 +34,7 @@ class RuleContext:
         self._evaluating: set[str] = set()
         self._course: list[ex.Session] | None = None
         self._bundle: dict[str, Any] | None = None
+        self._memo: dict[tuple[Any, ...], list[Any]] = {}
         self.variables: dict[str, Any] = {
             "now": iso(now),
             **{name: _fhirpath_value(p.value) for name, p in rule.parameters.items()},
@@ -48,17 +49,32 @@ class RuleContext:
         return self.now - data.lookback if data.lookback is not None else None
 
     def findings(self, key: str) -> list[Finding]:
-        data = self.rule.data[key]
-        since = self._since(data)
-        found = self.record.findings(data.valueset, data.resources)
-        return [f for f in found if since is None or (f.time is not None and f.time >= since)]
+        """Findings of data ``key`` inside its lookback, oldest first (memoised: a shared list, do not mutate)."""
+        memo = ("findings", key)
+        found = self._memo.get(memo)
+        if found is None:
+            data = self.rule.data[key]
+            since = self._since(data)
+            everything = self.record.findings(data.valueset, data.resources)
+            found = self._memo[memo] = [f for f in everything
+                                        if since is None or (f.time is not None and f.time >= since)]
+        return found
 
     def sessions(self, key: str, *, planned: bool = True) -> list[ex.Session]:
-        data = self.rule.data[key]
-        weights = self.rule.data.get(data.body_weight) if data.body_weight else None
-        since = self._since(data)
-        sessions = self.record.sessions(data.valueset, weights.valueset if weights else None, self.now)
-        return [s for s in sessions if (planned or not s.planned) and (since is None or s.end >= since)]
+        """Sessions of data ``key`` inside its lookback (memoised: a shared list, do not mutate).
+
+        Near-conditions ask once per finding: a long record would otherwise refilter every session each time.
+        """
+        memo = ("sessions", key, planned)
+        found = self._memo.get(memo)
+        if found is None:
+            data = self.rule.data[key]
+            weights = self.rule.data.get(data.body_weight) if data.body_weight else None
+            since = self._since(data)
+            sessions = self.record.sessions(data.valueset, weights.valueset if weights else None, self.now)
+            found = self._memo[memo] = [s for s in sessions
+                                        if (planned or not s.planned) and (since is None or s.end >= since)]
+        return found
 
     def sessions_in(
         self, key: str, window: Window | None, *, planned: bool = True
@@ -112,12 +128,12 @@ class RuleContext:
         if name == "current":
             return current
         course = self.course_sessions()
-        actual = [s for s in course if not s.planned]
         if name == "course_start":
             return course[0].start if course else None
         if name == "course_end":
             return max(s.end for s in course) if course else None
         if name == "last_session":
+            actual = [s for s in course if not s.planned]
             return max(s.end for s in actual) if actual else None
         if name == "first_session":
             sessions = [s for s in self.all_course_sessions() if not s.planned]
