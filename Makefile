@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint check-rules test-rules services clean
+.PHONY: install run test lint check-rules test-rules services clean bench
 
 $(STAMP): pyproject.toml
 	@./scripts/ensure-venv.sh "$(PYTHON)" "$(VENV)"
@@ -33,6 +33,10 @@ services:
 
 test: install lint check-rules test-rules services
 	$(BIN)/pytest -q
+
+# Latency, JSON floor, HTTP throughput, FHIR fallback, rule scaling, RSS: one table (docs/performance.md).
+bench: install
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
