@@ -16,8 +16,12 @@ def at(days: float) -> str:
 
 
 def bundle(*resources: dict[str, Any]) -> dict[str, Any]:
-    return {"resourceType": "Bundle", "type": "searchset", "total": len(resources),
-            "entry": [{"resource": r} for r in resources]}
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": len(resources),
+        "entry": [{"resource": r} for r in resources],
+    }
 
 
 def patient(pid: str = "p1") -> dict[str, Any]:
@@ -26,10 +30,15 @@ def patient(pid: str = "p1") -> dict[str, Any]:
 
 def ketamine_given(pid: str = "p1", days: float = -10, rid: str = "ma1") -> dict[str, Any]:
     """Ketamine 35 mg given *days* ago, coded by medicationCodeableConcept (SNOMED 781954001)."""
-    return {"resourceType": "MedicationAdministration", "id": rid, "status": "completed",
-            "medicationCodeableConcept": KETAMINE, "subject": {"reference": f"Patient/{pid}"},
-            "effectiveDateTime": at(days),
-            "dosage": {"dose": {"value": 35, "unit": "mg", "system": "http://unitsofmeasure.org", "code": "mg"}}}
+    return {
+        "resourceType": "MedicationAdministration",
+        "id": rid,
+        "status": "completed",
+        "medicationCodeableConcept": KETAMINE,
+        "subject": {"reference": f"Patient/{pid}"},
+        "effectiveDateTime": at(days),
+        "dosage": {"dose": {"value": 35, "unit": "mg", "system": "http://unitsofmeasure.org", "code": "mg"}},
+    }
 
 
 def ketamine_by_reference(pid: str = "p1", medication_id: str = "ket-50") -> dict[str, Any]:
@@ -45,3 +54,54 @@ def ketamine_product(medication_id: str | None = "ket-50") -> dict[str, Any]:
     if medication_id:
         resource["id"] = medication_id
     return resource
+
+
+def dipstick(pid: str = "p1", value: str = "1+", days: float = -2, rid: str = "o1") -> dict[str, Any]:
+    """Urine haemoglobin by test strip (LOINC 5794-3), valueString *value*."""
+    return {
+        "resourceType": "Observation",
+        "id": rid,
+        "status": "final",
+        "code": {
+            "coding": [
+                {
+                    "system": "http://loinc.org",
+                    "code": "5794-3",
+                    "display": "Hemoglobin [Presence] in Urine by Test strip",
+                }
+            ]
+        },
+        "subject": {"reference": f"Patient/{pid}"},
+        "effectiveDateTime": at(days),
+        "valueString": value,
+    }
+
+
+def gross_hematuria(pid: str = "p1") -> dict[str, Any]:
+    return {
+        "resourceType": "Condition",
+        "id": "c1",
+        "subject": {"reference": f"Patient/{pid}"},
+        "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "R31.0"}]},
+        "onsetDateTime": at(-1),
+    }
+
+
+def draft_order(rid: str, medication: dict[str, Any], pid: str = "p1") -> dict[str, Any]:
+    return {
+        "resourceType": "MedicationRequest",
+        "id": rid,
+        "status": "draft",
+        "intent": "order",
+        "medicationCodeableConcept": medication,
+        "subject": {"reference": f"Patient/{pid}"},
+        "authoredOn": at(0),
+        "dosageInstruction": [
+            {
+                "timing": {"repeat": {"boundsPeriod": {"start": at(1)}}},
+                "doseAndRate": [
+                    {"doseQuantity": {"value": 35, "unit": "mg", "system": "http://unitsofmeasure.org", "code": "mg"}}
+                ],
+            }
+        ],
+    }

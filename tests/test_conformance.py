@@ -27,7 +27,18 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import requests
-from hookdata import KETAMINE, at, bundle, ketamine_by_reference, ketamine_given, ketamine_product, patient, serving
+from hookdata import (
+    KETAMINE,
+    bundle,
+    dipstick,
+    draft_order,
+    gross_hematuria,
+    ketamine_by_reference,
+    ketamine_given,
+    ketamine_product,
+    patient,
+    serving,
+)
 from pytest_httpserver import HTTPServer
 from sqlalchemy import func, select
 from werkzeug.wrappers import Request, Response
@@ -64,8 +75,6 @@ UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 
 
 # -- the service over HTTP -----------------------------------------------------------------------------------
-
-
 
 
 class Service:
@@ -129,42 +138,6 @@ def service(rules: RulesState, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 # -- FHIR data ------------------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-def dipstick(pid: str = "p1", value: str = "1+", days: float = -1, rid: str = "o1") -> dict[str, Any]:
-    """Urine haemoglobin by test strip (LOINC 5794-3), valueString *value*."""
-    return {"resourceType": "Observation", "id": rid, "status": "final",
-            "code": {"coding": [{"system": "http://loinc.org", "code": "5794-3",
-                                 "display": "Hemoglobin [Presence] in Urine by Test strip"}]},
-            "subject": {"reference": f"Patient/{pid}"}, "effectiveDateTime": at(days), "valueString": value}
-
-
-def gross_hematuria(pid: str = "p1") -> dict[str, Any]:
-    return {"resourceType": "Condition", "id": "c1", "subject": {"reference": f"Patient/{pid}"},
-            "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "R31.0"}]},
-            "onsetDateTime": at(-1)}
-
-
-def draft_order(rid: str, medication: dict[str, Any], pid: str = "p1") -> dict[str, Any]:
-    return {"resourceType": "MedicationRequest", "id": rid, "status": "draft", "intent": "order",
-            "medicationCodeableConcept": medication, "subject": {"reference": f"Patient/{pid}"},
-            "authoredOn": at(0),
-            "dosageInstruction": [{"timing": {"repeat": {"boundsPeriod": {"start": at(1)}}},
-                                   "doseAndRate": [{"doseQuantity": {"value": 35, "unit": "mg",
-                                                                      "system": "http://unitsofmeasure.org",
-                                                                      "code": "mg"}}]}]}
 
 
 def template_type(template: str) -> str:

@@ -17,7 +17,18 @@ from typing import Any
 
 import pytest
 import requests
-from hookdata import KETAMINE, at, bundle, ketamine_by_reference, ketamine_given, ketamine_product, patient, serving
+from hookdata import (
+    KETAMINE,
+    bundle,
+    dipstick,
+    draft_order,
+    gross_hematuria,
+    ketamine_by_reference,
+    ketamine_given,
+    ketamine_product,
+    patient,
+    serving,
+)
 from rulekit import rule_version
 
 from cds_service.app import create_app
@@ -37,8 +48,6 @@ PARACETAMOL = {"coding": [{"system": "http://snomed.info/sct", "code": "32223600
 
 
 # -- serving ---------------------------------------------------------------------------------------------
-
-
 
 
 class Service:
@@ -68,41 +77,6 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 
 
 # -- FHIR test data ---------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-def dipstick(pid: str = "p1", value: str = "1+", days: float = -2, rid: str = "o1") -> dict[str, Any]:
-    return {"resourceType": "Observation", "id": rid, "status": "final",
-            "code": {"coding": [{"system": "http://loinc.org", "code": "5794-3",
-                                 "display": "Hemoglobin [Presence] in Urine by Test strip"}]},
-            "subject": {"reference": f"Patient/{pid}"}, "effectiveDateTime": at(days), "valueString": value}
-
-
-def gross_hematuria(pid: str = "p1") -> dict[str, Any]:
-    return {"resourceType": "Condition", "id": "c1", "subject": {"reference": f"Patient/{pid}"},
-            "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "R31.0"}]},
-            "onsetDateTime": at(-1)}
-
-
-def draft_order(rid: str, medication: dict[str, Any], pid: str = "p1") -> dict[str, Any]:
-    return {"resourceType": "MedicationRequest", "id": rid, "status": "draft", "intent": "order",
-            "medicationCodeableConcept": medication, "subject": {"reference": f"Patient/{pid}"},
-            "authoredOn": at(0),
-            "dosageInstruction": [{"timing": {"repeat": {"boundsPeriod": {"start": at(1)}}},
-                                   "doseAndRate": [{"doseQuantity": {"value": 35, "unit": "mg",
-                                                                      "system": "http://unitsofmeasure.org",
-                                                                      "code": "mg"}}]}]}
 
 
 def prefetch(*resources: dict[str, Any], pid: str = "p1", omit: tuple[str, ...] = ()) -> dict[str, Any]:
