@@ -33,12 +33,15 @@ def main() -> None:
 
     from .patients import NOW
 
-    real_create_app = serve.create_app
+    real_create_app, real_warm_up = serve.create_app, serve.warm_up
 
     def create_app(settings: Settings, **kwargs: Any) -> Any:
-        return bare_wrapper(real_create_app(settings, clock=lambda: NOW, **kwargs))
+        return real_create_app(settings, clock=lambda: NOW, **kwargs)
 
-    serve.create_app = create_app  # what each gunicorn worker calls in load()
+    def warm_up(app: Any) -> Any:
+        return bare_wrapper(real_warm_up(app))  # the real warm-up, then the bench route around the app
+
+    serve.create_app, serve.warm_up = create_app, warm_up  # what each gunicorn worker calls in load()
     serve.serve(Settings.load())
 
 

@@ -22,6 +22,7 @@ from cds_service.config import Settings
 from cds_service.logjson import configure_logging
 from cds_service.rules_state import RulesState
 from cds_service.store import Store
+from cds_service.warmup import warm_up
 
 log = logging.getLogger("cds_service.serve")
 
@@ -103,8 +104,8 @@ def _serve_werkzeug(settings: Settings) -> None:
         log.error("database unavailable", extra={"fields": {"error": type(exc).__name__}})
         raise SystemExit(2) from None
     try:
-        server = make_server(settings.host, settings.port, create_app(settings, rules_state=rules, store=store),
-                             threaded=True, request_handler=_RequestHandler)
+        app = warm_up(create_app(settings, rules_state=rules, store=store))
+        server = make_server(settings.host, settings.port, app, threaded=True, request_handler=_RequestHandler)
     except OSError as exc:
         log.error("cannot listen", extra={"fields": {"host": settings.host, "port": settings.port,
                                                      "error": exc.strerror or type(exc).__name__}})
@@ -161,6 +162,6 @@ def _serve_gunicorn(settings: Settings) -> None:
 
         def load(self) -> Any:
             configure_logging()
-            return create_app(self.settings)
+            return warm_up(create_app(self.settings))  # per worker, after fork
 
     KbladderApplication(settings).run()

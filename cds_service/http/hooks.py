@@ -11,7 +11,8 @@ import logging
 import time
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, g, jsonify
+import orjson
+from flask import Blueprint, Response, g
 from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.cdshooks import parse_hook_request
@@ -73,7 +74,7 @@ def invoke(service_id: str) -> Response:
             ctx.store.record_cards(request.hook_instance, service.id, card_issues(outcome.cards), ctx.clock())
         except SQLAlchemyError as exc:
             log.error("could not record cards: %s", type(exc).__name__)
-    return jsonify(outcome.body)
+    return Response(orjson.dumps(outcome.body), mimetype="application/json")  # the JSON floor's encoder
 
 
 def fhir_server_problem(fhir_server: str, client: object) -> str | None:
