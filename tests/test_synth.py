@@ -431,8 +431,7 @@ def test_schedules_keep_clear_of_frequency_boundaries(seed: int) -> None:
 @pytest.fixture(scope="module")
 def one_background(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     source = BACKGROUNDS / SMALL_BACKGROUND
-    if not source.exists():
-        pytest.skip("shared synthetic FHIR backgrounds not available")
+    assert source.exists(), f"shared synthetic FHIR backgrounds missing: {source} (shared/ must sit beside the repo)"
     folder = tmp_path_factory.mktemp("backgrounds")
     shutil.copy(source, folder / "background.json.gz")
     yield folder
