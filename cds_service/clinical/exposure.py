@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from cds_service.clinical.timeutil import TimeError, format_duration, iso, parse_instant
+from cds_service.clinical.timeutil import TimeError, format_duration, parse_instant
 from cds_service.clinical.units import UnitError, convert, convertible, factor, quantity_unit
 
 WEIGHT_RECENT = timedelta(days=30)
@@ -372,11 +372,6 @@ def _route(dosage: Mapping[str, Any]) -> str | None:
 # ---------------------------------------------------------------- exposure arithmetic
 
 
-def in_window(session: Session, start: datetime, end: datetime) -> bool:
-    """A session counts in a window when it starts inside it (inclusive bounds)."""
-    return start <= session.start <= end
-
-
 def courses(sessions: Sequence[Session], gap: timedelta) -> list[list[Session]]:
     """Split sessions into courses: a new course starts after more than ``gap`` without exposure."""
     ordered = sorted(sessions, key=lambda s: (s.start, s.end))
@@ -475,9 +470,3 @@ def continuous_run(sessions: Sequence[Session], max_gap: timedelta) -> list[Sess
     """The latest run of sessions with no gap longer than ``max_gap`` between them."""
     runs = courses(sessions, max_gap)
     return runs[-1] if runs else []
-
-
-def describe_session(session: Session) -> str:
-    """One evidence line: what, when, how much."""
-    dose = f"{session.dose.mg:g} mg" if session.dose.mg is not None else "dose unknown"
-    return f"{session.label} {dose} ({session.dose.how}) {iso(session.start)}"

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from cds_service.clinical import exposure as ex
 from cds_service.clinical.findings import Finding, ordinal_of_text
 from cds_service.clinical.timeutil import Duration, duration_seconds, format_duration
-from cds_service.clinical.units import UnitError, convert
+from cds_service.clinical.units import UnitError, convert, convertible
 from cds_service.engine.fhirpath import FhirPath
 from cds_service.engine.model import DataRequirement, Ordinal, Quantity, Window
 from cds_service.engine.trace import Evidence, Outcome, Truth, all_of, any_of, not_of
@@ -197,7 +197,8 @@ class Near:
                 truths.extend(
                     self.where.test(other, data, ctx)[0] if self.where else Truth.TRUE
                     for other in ctx.findings(key)
-                    if other is not finding and other.time is not None
+                    if other is not finding
+                    and other.time is not None
                     and self._close(finding.time, other.time, other.end or other.time)
                 )
         truth = any_of(truths)
@@ -892,13 +893,16 @@ def _value_test(raw: Any, path: tuple[str | int, ...], scope: Scope, data: DataR
     ]
     for compare in comparisons:
         threshold = compare.threshold
-        if isinstance(threshold, Quantity) and threshold.unit and data is not None and data.unit:
-            from cds_service.clinical.units import convertible
-
-            if not convertible(data.unit, threshold.unit) and data.molar_mass is None:
-                scope.problem(
-                    path, f"threshold unit {threshold.unit!r} is not comparable with the data unit {data.unit!r}"
-                )
+        comparable = not (
+            isinstance(threshold, Quantity)
+            and threshold.unit
+            and data is not None
+            and data.unit
+            and data.molar_mass is None
+            and not convertible(data.unit, threshold.unit)
+        )
+        if not comparable:
+            scope.problem(path, f"threshold unit {threshold.unit!r} is not comparable with the data unit {data.unit!r}")
     in_vs = scope.valueset(raw["in"], (*path, "in")) if "in" in raw else None
     uln: tuple[Compare, ...] = ()
     if "times_uln" in raw:
@@ -935,8 +939,10 @@ def _near(raw: Any, path: tuple[str | int, ...], scope: Scope, negate: bool) -> 
         scope.problem(path, "near needs data and within or after")
         return None
     keys = raw.get("data") if isinstance(raw.get("data"), list) else [raw.get("data")]
-    found = [scope.data(key, (*path, "data", i) if isinstance(raw.get("data"), list) else (*path, "data"))
-             for i, key in enumerate(keys)]
+    found = [
+        scope.data(key, (*path, "data", i) if isinstance(raw.get("data"), list) else (*path, "data"))
+        for i, key in enumerate(keys)
+    ]
     if ("within" in raw) == ("after" in raw):
         scope.problem(path, "near needs exactly one of within (either side) or after (after the other only)")
         return None
@@ -951,8 +957,9 @@ def _near(raw: Any, path: tuple[str | int, ...], scope: Scope, negate: bool) -> 
         scope.problem((*path, "where"), "near a session takes no where filter")
     if len(datas) != len(found) or span is None:
         return None
-    return Near(tuple(d.key for d in datas), span if key == "within" else None, span if key == "after" else None,
-                where, negate)
+    return Near(
+        tuple(d.key for d in datas), span if key == "within" else None, span if key == "after" else None, where, negate
+    )
 
 
 def _count(body: Mapping[str, Any], path: tuple[str | int, ...], scope: Scope) -> Node | None:

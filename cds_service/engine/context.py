@@ -7,7 +7,6 @@ evaluate it once and the trace shows it once.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -197,8 +196,3 @@ def _fhirpath_value(value: Any) -> Any:
     if isinstance(value, int | float | str | bool):
         return value
     return str(value)
-
-
-def parameter_values(rule: Rule) -> Mapping[str, Any]:
-    """Parameters as template variables (display strings for quantities and durations)."""
-    return {name: p.value for name, p in rule.parameters.items()}

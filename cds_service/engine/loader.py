@@ -38,6 +38,7 @@ from cds_service.engine.context import ANCHORS
 from cds_service.engine.fhirpath import FhirPath, syntax_errors
 from cds_service.engine.model import (
     INDICATORS,
+    MEDICATION_RESOURCES,
     Action,
     Anchor,
     CardTemplate,
@@ -530,7 +531,7 @@ class RuleCompiler:
                 self.problem(
                     ("data", key, "body_weight"), f"body_weight must name Observation data, not {data.body_weight!r}"
                 )
-            if data.is_medication and set(data.resources) - cond_medication_types():
+            if data.is_medication and set(data.resources) - MEDICATION_RESOURCES:
                 self.problem(("data", key, "resources"), "do not mix medication and other resources in one data entry")
 
     def _course(self) -> Course | None:
@@ -649,10 +650,6 @@ class RuleCompiler:
                 f"tiers should go from the strongest indicator to the weakest (found {', '.join(indicators)})",
                 severity="warning",
             )
-
-
-def cond_medication_types() -> set[str]:
-    return {"MedicationAdministration", "MedicationRequest", "MedicationStatement"}
 
 
 def _names_in(raw: Any) -> Iterable[str]:
