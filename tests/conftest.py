@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 import requests
+from browser import browser  # noqa: F401  (the session-wide headless Chromium fixture)
 from pytest_httpserver import HTTPServer
 
 REPO = Path(__file__).resolve().parents[1]
