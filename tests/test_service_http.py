@@ -127,8 +127,11 @@ def test_discovery_lists_three_services_with_valid_prefetch(service: Service) ->
         for template in templates.values():
             assert template_problems(template, svc["hook"]) == []
         # Medication types are matched by text too, so they must not be narrowed by code.
-        assert templates["medicationAdministration"] == (
-            "MedicationAdministration?patient={{context.patientId}}&_count=1000")
+        # and bring the Medications they reference (outside the P3 subset on purpose; docs/service.md).
+        for rtype in ("MedicationAdministration", "MedicationRequest", "MedicationStatement"):
+            key = rtype[:1].lower() + rtype[1:]
+            assert templates[key] == (
+                f"{rtype}?patient={{{{context.patientId}}}}&_include={rtype}:medication&_count=1000")
         assert "http://loinc.org|5794-3" in templates["observation"]
         assert "_count=1000" in templates["observation"]
         assert "http://hl7.org/fhir/sid/icd-10-cm|R31.0" in templates["condition"]
@@ -200,6 +203,39 @@ def test_medication_named_by_reference_is_matched_through_the_medication(service
     data["medicationAdministration"]["entry"].append({"resource": ketamine_product(), "search": {"mode": "include"}})
     card = only_card(service.hook(PV, request_body(prefetch=data)))
     assert card["indicator"] == "warning"
+    assert f"{EXT}.missingData" not in card["extension"]
+
+
+def comparable(card: dict[str, Any]) -> tuple[Any, ...]:
+    """What a clinician sees of a card, without uuids and the resource ids of the evidence."""
+    return (card["indicator"], card["summary"], card["source"]["topic"]["code"],
+            sorted(s["label"] for s in card.get("suggestions", [])))
+
+
+@pytest.mark.parametrize("hook", ["patient-view", "order-sign"])
+def test_prefetch_only_medication_reference_gives_the_same_cards_as_inline_coding(service: Service,
+                                                                                   hook: str) -> None:
+    """A prefetch-only EHR (no fhirServer) that honours ``_include=…:medication`` (issue 11 A3)."""
+    drafts = [draft_order("d1", KETAMINE)] if hook == "order-sign" else None
+    sid = PV if hook == "patient-view" else OSIGN
+    inline = service.hook(sid, request_body(hook, drafts=drafts, prefetch=prefetch(
+        {**ketamine_given(rid="ma-ref"), "id": "ma-ref"}, dipstick(), gross_hematuria())))
+    data = prefetch(ketamine_by_reference(), dipstick(), gross_hematuria())
+    data["medicationAdministration"]["entry"].append({"resource": ketamine_product(), "search": {"mode": "include"}})
+    referenced = service.hook(sid, request_body(hook, drafts=drafts, prefetch=data))
+    assert inline.status_code == referenced.status_code == 200
+    assert inline.json()["cards"], "the inline-coded patient gets cards"
+    assert ([comparable(c) for c in referenced.json()["cards"]]
+            == [comparable(c) for c in inline.json()["cards"]])
+    assert f"{EXT}.missingData" not in referenced.json().get("extension", {})
+
+
+def test_contained_medication_is_read(service: Service) -> None:
+    given = ketamine_by_reference()
+    given["medicationReference"] = {"reference": "#k"}
+    given["contained"] = [{**ketamine_product(None), "id": "k"}]
+    card = only_card(service.hook(PV, request_body(prefetch=prefetch(given, dipstick()))))
+    assert card["indicator"] == "warning" and card["source"]["topic"]["code"] == "KB-02"
     assert f"{EXT}.missingData" not in card["extension"]
 
 
