@@ -158,7 +158,10 @@ def test_patient_view_with_nothing_to_say_returns_empty_cards(service: Service) 
 def test_malformed_resource_is_skipped_and_reported(service: Service) -> None:
     bad = {**dipstick(rid="bad"), "effectiveDateTime": "not-a-date"}
     response = service.hook(PV, request_body(prefetch=prefetch(ketamine_given(), dipstick(), bad)))
-    card = only_card(response)
+    assert response.status_code == 200
+    card, incomplete = response.json()["cards"]  # other Observation-reading checks are incomplete: said so
+    assert card["source"]["topic"]["code"] == "KB-02"
+    assert incomplete["summary"] == "Ketamine bladder checks incomplete: test results could not be read"
     skipped = response.json()["extension"][f"{EXT}.skippedResources"]
     assert skipped == [{"resourceType": "Observation", "id": "bad",
                         "reason": "invalid at effectiveDateTime (value_error); 1 error(s)"}]
@@ -169,7 +172,10 @@ def test_malformed_resource_is_skipped_and_reported(service: Service) -> None:
 def test_silent_rule_with_a_malformed_resource_of_its_data_is_undecided(service: Service) -> None:
     bad = {**dipstick(rid="bad"), "effectiveDateTime": "not-a-date"}
     response = service.hook(PV, request_body(prefetch=prefetch(ketamine_given(), bad)))
-    assert response.status_code == 200 and response.json()["cards"] == []
+    assert response.status_code == 200
+    card = only_card(response)  # a ketamine patient: the silence is said, not left as "all clear"
+    assert card["source"]["topic"]["code"] == "checks-incomplete" and card["indicator"] == "info"
+    assert "Test results: 1 could not be read (malformed) and was skipped" in card["detail"]
     undecided = {u["rule"]: u for u in response.json()["extension"][f"{EXT}.undecided"]}
     assert undecided["KB-02"] == {
         "rule": "KB-02", "version": rule_version("KB-02"), "missing": ["Observation: malformed resource(s) skipped"],
@@ -247,6 +253,53 @@ def test_unavailable_referenced_medication_is_reported_not_ignored(service: Serv
     assert extension[f"{EXT}.missingData"] == [
         {"key": "medication", "reason": "1 referenced Medication(s) not available (no FHIR access)"}]
     assert "KB-02" in [u["rule"] for u in extension[f"{EXT}.undecided"]]
+
+
+OUTCOME = {"resourceType": "OperationOutcome",
+           "issue": [{"severity": "error", "code": "exception", "diagnostics": "search failed"}]}
+
+
+def test_known_exposure_with_unretrievable_results_gets_one_incomplete_checks_card(service: Service) -> None:
+    """Issue 11 A2: never an empty "All clear" for a ketamine patient whose urine results could not be read."""
+    data = prefetch(ketamine_given(), ketamine_given(days=-3, rid="ma2"))
+    data["observation"] = OUTCOME
+    response = service.hook(PV, request_body(prefetch=data))
+    card = only_card(response)
+    assert card["indicator"] == "info"
+    assert card["summary"] == "Ketamine bladder checks incomplete: test results could not be retrieved"
+    assert card["source"]["topic"]["code"] == "checks-incomplete"
+    undecided = response.json()["extension"][f"{EXT}.undecided"]
+    named = card["source"]["topic"]["display"]
+    for entry in undecided:
+        if entry["rule"] in ("KB-02", "KB-07"):
+            assert f"{entry['rule']} v{entry['version']}" in named  # the card names rule ids and versions
+            assert f"{entry['rule']} v{entry['version']}" in card["detail"]
+    assert "not an all-clear" in card["detail"]
+    assert "Test results: could not be retrieved (prefetch OperationOutcome)" in card["detail"]
+    incomplete = card["extension"][f"{EXT}.incomplete"]
+    assert {i["rule"] if "rule" in i else i["id"] for i in incomplete} >= {"KB-02"}
+
+
+def test_a_draft_ketamine_order_is_known_exposure(service: Service) -> None:
+    data = prefetch()
+    data["observation"] = OUTCOME
+    response = service.hook(OSIGN, request_body("order-sign", drafts=[draft_order("d1", KETAMINE)], prefetch=data))
+    summaries = [c["summary"] for c in response.json()["cards"]]
+    assert "Ketamine bladder checks incomplete: test results could not be retrieved" in " ".join(
+        summaries + [c.get("detail", "") for c in response.json()["cards"]])
+
+
+def test_without_known_exposure_the_gap_stays_in_the_extension(service: Service) -> None:
+    """A medication-query outage on patient-view must not put a card on every chart."""
+    data = prefetch(dipstick())
+    data["medicationAdministration"] = OUTCOME
+    response = service.hook(PV, request_body(prefetch=data))
+    assert response.status_code == 200
+    body = response.json()
+    assert body["cards"] == []
+    assert "KB-02" in [u["rule"] for u in body["extension"][f"{EXT}.undecided"]]
+    assert {"key": "medicationAdministration", "reason": "prefetch OperationOutcome"} in body["extension"][
+        f"{EXT}.missingData"]
 
 
 # -- 4xx --------------------------------------------------------------------------------------------------------
@@ -485,7 +538,9 @@ def test_absent_prefetch_key_is_fetched_from_the_fhir_server_with_the_token(
     wrong = {**body, "hookInstance": str(uuid.uuid4()), "fhirAuthorization": {**auth, "access_token": "wrong"}}
     response = service.hook(PV, wrong)
     assert response.status_code == 200
-    assert response.json()["cards"] == []
+    (card,) = response.json()["cards"]  # known exposure: the incomplete checks are said, never "all clear"
+    assert card["summary"] == "Ketamine bladder checks incomplete: test results could not be retrieved"
+    assert "HTTP 401" in card["detail"]
     extension = response.json()["extension"]
     assert [m["key"] for m in extension[f"{EXT}.missingData"]] == ["observation"]
     undecided = {u["rule"]: u for u in extension[f"{EXT}.undecided"]}
