@@ -101,6 +101,8 @@ class HookRequest:
     prefetch: dict[str, Any] | None = None
     draft_orders: list[dict[str, Any]] = field(default_factory=list)
     selections: list[str] = field(default_factory=list)
+    #: ``fullUrl`` of each draft's Bundle entry (parallel to ``draft_orders``): selections may point at it.
+    draft_urls: list[str | None] = field(default_factory=list)
 
     def __repr__(self) -> str:
         # Context and prefetch hold patient data: keep them out of logs and tracebacks.
@@ -320,6 +322,7 @@ def parse_hook_request(
 
     draft_orders: list[dict[str, Any]] = []
     selections: list[str] = []
+    full_urls: list[str | None] = []
     if definition is not None and definition.field("draftOrders") is not None:
         draft_orders, full_urls = _parse_draft_orders(context["draftOrders"])
         if definition.field("selections") is not None:
@@ -350,4 +353,5 @@ def parse_hook_request(
         prefetch=prefetch,
         draft_orders=draft_orders,
         selections=selections,
+        draft_urls=full_urls,
     )
