@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .hooks import HOOKS, HookDefinition
+from .outcome import operation_outcome
 
 __all__ = [
     "FhirAuthorization",
@@ -45,18 +46,8 @@ class RequestError(ValueError):
         return f"RequestError(field={self.field!r}, message={self.message!r}, status={self.status})"
 
     def operation_outcome(self) -> dict[str, Any]:
-        """The error as a FHIR OperationOutcome (what CDS Hooks 3.0-ballot asks non-2xx bodies to be)."""
-        return {
-            "resourceType": "OperationOutcome",
-            "issue": [
-                {
-                    "severity": "error",
-                    "code": "required" if self.message == "is required" else "invalid",
-                    "diagnostics": str(self),
-                    "expression": [self.field],
-                }
-            ],
-        }
+        """The error as a FHIR OperationOutcome: field → ``expression``, message → ``diagnostics``."""
+        return operation_outcome(self.status, self.message, expression=[self.field])
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,8 +59,9 @@ def invoke(service_id: str) -> Response:
     try:
         outcome = run_hook(request, ruleset, ctx.settings, ctx.clock())
     except PrefetchUnavailable as exc:
-        return error_response(412, "prefetch missing and no FHIR server access", field="prefetch",
-                              missing=exc.keys)
+        # One expression per prefetch key we needed and could neither find nor fetch (P7).
+        return error_response(412, "prefetch missing and no FHIR server access",
+                              expression=[f"prefetch.{key}" for key in exc.keys] or ["prefetch"])
     g.cards = len(outcome.cards)
     log.info("hook answered", extra={"fields": {
         "hook": request.hook, "hookInstance": request.hook_instance, "service": service.id,

@@ -11,7 +11,7 @@ import logging
 import threading
 from typing import Any
 
-from cds_service.cdshooks import SERVICES, template_problems
+from cds_service.cdshooks import HOOKS, SERVICES, template_problems
 from cds_service.engine.model import MEDICATION_RESOURCES, RuleSet
 
 log = logging.getLogger("cds_service.http")
@@ -86,18 +86,24 @@ def templates_for(ruleset: RuleSet | None, hook: str) -> dict[str, str]:
     return dict(found)
 
 
-def discovery_document(ruleset: RuleSet | None) -> dict[str, Any]:
-    """The body of GET /cds-services."""
-    return {
-        "services": [
-            {
-                "hook": s.hook,
-                "id": s.id,
-                "title": s.title,
-                "description": s.description,
-                "usageRequirements": USAGE,
-                "prefetch": templates_for(ruleset, s.hook),
-            }
-            for s in SERVICES.values()
-        ]
-    }
+def discovery_document(ruleset: RuleSet | None, *, cds_hooks_version: str = "2.0") -> dict[str, Any]:
+    """The body of GET /cds-services.
+
+    For an EHR configured as speaking CDS Hooks 3.0, each service also names the specification version
+    and the hook's version (3.0 ballot); a 2.0 client gets neither, as strict 2.0 validators refuse them.
+    """
+    services = []
+    for s in SERVICES.values():
+        entry: dict[str, Any] = {
+            "hook": s.hook,
+            "id": s.id,
+            "title": s.title,
+            "description": s.description,
+            "usageRequirements": USAGE,
+            "prefetch": templates_for(ruleset, s.hook),
+        }
+        if cds_hooks_version != "2.0":
+            entry["version"] = cds_hooks_version
+            entry["hookVersion"] = HOOKS[s.hook].hook_version
+        services.append(entry)
+    return {"services": services}
