@@ -177,6 +177,9 @@ class Settings:
     #: The CDS Hooks version the EHR speaks. "3.0" adds ``version``/``hookVersion`` to discovery; strict
     #: 2.0 validators refuse members they do not know, so 2.0 (the default) announces neither.
     cds_hooks_version: str = "2.0"
+    #: Rule-set version (``kbladder rules check`` prints it) this replica must serve to be ready (/readyz):
+    #: replicas behind one load balancer then never answer with different rules.
+    pinned_rules_version: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
