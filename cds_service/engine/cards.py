@@ -422,12 +422,12 @@ def build_cards(
     rule gets its own card, cut at ``max_cards``. ``extra`` drafts (the incomplete-checks card) join
     the composition.
     """
-    from cds_service.engine.compose import compose_cards
+    from cds_service.engine.compose import DEFAULT_MAX_CARDS, compose_cards
 
     drafts = [draft_card(r, patient_id=patient_id, data_gaps=data_gaps, new_id=new_id) for r in evaluation.shown()]
     drafts += list(extra)
     if compose:
-        drafts = compose_cards(drafts, max_cards=max_cards)
+        drafts = compose_cards(drafts, max_cards=DEFAULT_MAX_CARDS if max_cards is None else max_cards)
     elif max_cards is not None:
         drafts = drafts[:max_cards]
     return [render_card(d, settings=settings, new_id=new_id) for d in drafts]

@@ -7,6 +7,7 @@ are the FHIR server (through ``gather``) and the clock (``now`` is read once, by
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
