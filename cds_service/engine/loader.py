@@ -412,9 +412,9 @@ class RuleCompiler:
         for name in sorted(
             variables
             - set(self.doc.get("parameters") or {})
-            - {"now", "ucum", "context", "resource", "rootResource"}
+            - {"now", "hook", "ucum", "context", "resource", "rootResource"}
         ):
-            self.problem(path, f"FHIRPath variable %{name} is neither a parameter nor %now")
+            self.problem(path, f"FHIRPath variable %{name} is neither a parameter, %now nor %hook")
         return None if errors else FhirPath.compile(raw)
 
     # Compile -------------------------------------------------------
