@@ -636,6 +636,12 @@ class RuleCompiler:
         referenced = set()
         for raw in [t["when"] for t in doc.get("tiers") or []] + list((doc.get("conditions") or {}).values()):
             referenced |= set(_names_in(raw))
+        # A condition that only shapes the wording (``holds.late_finding``, ``cond.x``) is used too.
+        card = doc.get("card") if isinstance(doc.get("card"), Mapping) else {}
+        texts = [card.get("summary"), card.get("detail")] + [t.get("summary") for t in doc.get("tiers") or []]
+        for text in texts:
+            if isinstance(text, str):
+                referenced |= set(re.findall(r"\b(?:holds|cond)\.([A-Za-z_][A-Za-z0-9_]*)", text))
         for name in sorted(self.condition_names - referenced):
             self.problem(("conditions", name), f"condition {name!r} is not used by any tier", severity="warning")
         used_in_text = json.dumps(doc.get("card", {})) + json.dumps(doc.get("tiers", []))
