@@ -160,7 +160,7 @@ def serve_cmd(config_file: Path | None, **options: Any) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder to write.")
 @click.option("--now", help="Reference time of the cohort (ISO 8601; default 2026-06-01T09:00:00Z).")
 @click.option("--backgrounds", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folder of Synthea bundles to overlay (e.g. ../shared/data/synthetic-fhir-r4).")
+              help="Folder of Synthea bundles to overlay (e.g. tests/data/synthetic-fhir-r4).")
 def synth_cmd(seed: int, out: Path, now: str | None, backgrounds: Path | None) -> None:
     """Write a synthetic ketamine cohort: FHIR R4 transaction bundles, draft orders and a manifest."""
     from cds_service.synth import main_synth

@@ -25,11 +25,11 @@ from typing import Any
 
 import pytest
 import requests
+from browser import browser  # noqa: F401  (the session-wide headless Chromium fixture)
 from pytest_httpserver import HTTPServer
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-SYNTHETIC = SHARED / "data" / "synthetic-fhir-r4"
+SYNTHETIC = REPO / "tests" / "data" / "synthetic-fhir-r4"  # inside the repo: a bare clone must pass
 SEKMET = REPO / ".venv-fhir" / "bin" / "sekmet"
 MRN_SYSTEM = "http://hospital.smarthealthit.org"
 # Loaded into every fhir_server: the smallest patient (462 entries, 289 Observations, a control without
@@ -63,7 +63,7 @@ class FhirTestServer:
         return resp.json()
 
     def load_synthetic(self, stem: str) -> str:
-        """Load `<stem>.json.gz` from the shared synthetic data once; returns the server Patient.id."""
+        """Load `<stem>.json.gz` from tests/data/synthetic-fhir-r4 once; returns the server Patient.id."""
         if stem not in self.patient_ids:
             response = self.post_bundle(gzip.decompress((SYNTHETIC / f"{stem}.json.gz").read_bytes()))
             locations = [e["response"]["location"] for e in response["entry"]]
