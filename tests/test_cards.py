@@ -79,8 +79,10 @@ def test_evidence_table_in_markdown(project: RuleSet) -> None:
 
 def test_evidence_is_also_machine_readable(project: RuleSet) -> None:
     evidence = critical_card(project)["extension"]["org.kbladder-cds.evidence"]
-    assert [row["reference"] for row in evidence] == ["MedicationAdministration/admin1", "MedicationAdministration/admin2",
-                                                      "Condition/cond3", "MedicationRequest/next-dose"]
+    assert [row["reference"] for row in evidence] == [
+        "MedicationAdministration/admin1", "MedicationAdministration/admin2", "Condition/cond3",
+        "MedicationRequest/next-dose",
+    ]
     assert evidence[0] == {
         "reference": "MedicationAdministration/admin1",
         "item": "Ketamine (as ketamine hydrochloride) 50 mg/mL solution for injection (administration)",
