@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import logging
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from flask import Flask
+from outcomes import error_field
 from pytest_httpserver import HTTPServer
 from test_service_http import ketamine_given, prefetch, request_body, serving
 from test_service_run import _start, _stop
@@ -165,7 +167,8 @@ def refusal_reasons(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 def assert_refused(response: Any, caplog: pytest.LogCaptureFixture, reason: str) -> None:
     assert response.status_code == 401, response.get_data(as_text=True)
-    assert response.get_json() == {"error": {"status": 401, "message": "invalid token"}}
+    assert response.get_json() == {"resourceType": "OperationOutcome", "issue": [
+        {"severity": "error", "code": "login", "diagnostics": "invalid token"}]}
     assert response.headers["WWW-Authenticate"] == 'Bearer realm="kbladder-cds", error="invalid_token"'
     assert refusal_reasons(caplog)[-1] == reason
 
@@ -438,7 +441,7 @@ def test_forged_fhir_server_gets_no_outbound_call(httpserver: HTTPServer, keys: 
 
     forged = env.call(env.token(), body=body(other_httpserver.url_for("/fhir")))
     assert forged.status_code == 403
-    assert forged.get_json()["error"]["field"] == "fhirServer"
+    assert error_field(forged.get_json()) == "fhirServer"
     assert other_httpserver.log == []  # the attacker's listener received nothing: no token leaked
     # Control: the allowlisted server is queried (so the listener above would have seen a call).
     assert env.call(env.token(), body=body(trusted + "/")).status_code == 200
@@ -609,3 +612,37 @@ auth:
                         ).status_code == 200
     err = _stop(prod)
     assert token not in err and "AUTHENTICATION IS OFF" not in err
+
+
+def test_out_of_band_key_is_trusted_whatever_the_jku(tmp_path: Path, keys: Any, rules: RulesState) -> None:
+    """The sandbox signs with a jku at its public origin; an issuer configured with jwks_file still trusts the kid.
+
+    The jku here points at a listener that is never reached (and is not on any allowlist): the key comes
+    from the file, nothing is fetched. A kid that is NOT in the file still needs an allowlisted jku.
+    """
+    with socket.socket() as unreachable:  # bound, never listening: any fetch would fail or hang
+        unreachable.bind(("127.0.0.1", 0))
+        jku = f"http://127.0.0.1:{unreachable.getsockname()[1]}/.well-known/jwks.json"
+        write(tmp_path / "ehr-jwks.json", json.dumps({"keys": [keys["ES384"].public_jwk()]}))
+        config = write(tmp_path / "kbladder.yaml", f"""\
+public_url: {PUBLIC}
+database_url: sqlite:///{tmp_path / 'kb.sqlite3'}
+auth:
+  enabled: true
+  issuers:
+    - iss: {ISS}
+      jwks_file: ehr-jwks.json
+""")
+        settings = replace(Settings.load({}, config=config), reload_interval_s=0)
+        store = Store(settings.database_url)
+        app = create_app(settings, rules_state=rules, store=store)
+        cache = app.extensions["kbladder.jwks"]
+        with app.test_client() as client:
+            good = sign(keys["ES384"], claims(), jku=jku)
+            assert client.post(HOOK_PATH, json=hook_body(), headers={"Authorization": f"Bearer {good}"}
+                               ).status_code == 200
+            stranger = sign(keys["RS384"], claims(), jku=jku)  # kid not in the file: the jku must be allowlisted
+            assert client.post(HOOK_PATH, json=hook_body(), headers={"Authorization": f"Bearer {stranger}"}
+                               ).status_code == 401
+        assert cache.fetches == 0
+        store.dispose()

@@ -35,6 +35,7 @@ from cds_service.clinical.valueset import (
 )
 from cds_service.engine import conditions as cond
 from cds_service.engine.context import ANCHORS
+from cds_service.engine.display import display
 from cds_service.engine.fhirpath import FhirPath, syntax_errors
 from cds_service.engine.model import (
     INDICATORS,
@@ -285,8 +286,9 @@ class RuleCompiler:
         self.windows: dict[str, Window] = {}
         self.broken_windows: set[str] = set()  # declared, but invalid (already reported where declared)
         self.condition_names = set((self.doc.get("conditions") or {}).keys())
+        # finalize: every value a template prints goes through the one display filter (rounding, units).
         self.env = SandboxedEnvironment(
-            undefined=StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True
+            undefined=StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True, finalize=display
         )
 
     # Scope ---------------------------------------------------------
@@ -412,9 +414,9 @@ class RuleCompiler:
         for name in sorted(
             variables
             - set(self.doc.get("parameters") or {})
-            - {"now", "ucum", "context", "resource", "rootResource"}
+            - {"now", "hook", "ucum", "context", "resource", "rootResource"}
         ):
-            self.problem(path, f"FHIRPath variable %{name} is neither a parameter nor %now")
+            self.problem(path, f"FHIRPath variable %{name} is neither a parameter, %now nor %hook")
         return None if errors else FhirPath.compile(raw)
 
     # Compile -------------------------------------------------------
@@ -636,6 +638,12 @@ class RuleCompiler:
         referenced = set()
         for raw in [t["when"] for t in doc.get("tiers") or []] + list((doc.get("conditions") or {}).values()):
             referenced |= set(_names_in(raw))
+        # A condition that only shapes the wording (``holds.late_finding``, ``cond.x``) is used too.
+        card = doc.get("card") if isinstance(doc.get("card"), Mapping) else {}
+        texts = [card.get("summary"), card.get("detail")] + [t.get("summary") for t in doc.get("tiers") or []]
+        for text in texts:
+            if isinstance(text, str):
+                referenced |= set(re.findall(r"\b(?:holds|cond)\.([A-Za-z_][A-Za-z0-9_]*)", text))
         for name in sorted(self.condition_names - referenced):
             self.problem(("conditions", name), f"condition {name!r} is not used by any tier", severity="warning")
         used_in_text = json.dumps(doc.get("card", {})) + json.dumps(doc.get("tiers", []))
