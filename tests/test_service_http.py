@@ -241,8 +241,10 @@ def test_contained_medication_is_read(service: Service) -> None:
     given = ketamine_by_reference()
     given["medicationReference"] = {"reference": "#k"}
     given["contained"] = [{**ketamine_product(None), "id": "k"}]
+    inline = only_card(service.hook(PV, request_body(prefetch=prefetch(ketamine_given(), dipstick()))))
     card = only_card(service.hook(PV, request_body(prefetch=prefetch(given, dipstick()))))
-    assert card["indicator"] == "warning" and card["source"]["topic"]["code"] == "KB-02"
+    assert card["source"]["topic"]["code"] == "KB-02"
+    assert (card["indicator"], card["summary"]) == (inline["indicator"], inline["summary"])
     assert f"{EXT}.missingData" not in card["extension"]
 
 

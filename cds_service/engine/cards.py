@@ -298,13 +298,18 @@ def render_card(
     card["extension"] = {
         **({f"{EXT}.rule": first} if first else {}),
         **({f"{EXT}.rules": draft.rules} if len(draft.rules) > 1 else {}),
-        **({f"{EXT}.evidence": [row.as_json() for row in draft.rows]} if draft.rows else {}),
+        **({f"{EXT}.evidence": [row.as_json() for row in _chronological(draft.rows)]} if draft.rows else {}),
         **({f"{EXT}.missingData": draft.gaps} if draft.gaps else {}),
         **draft.extension,
     }
     if not card["extension"]:
         del card["extension"]
     return card
+
+
+def _chronological(rows: Sequence[Evidence]) -> list[Evidence]:
+    """Every row (the table shows at most eight), oldest first: the machine-readable record."""
+    return sorted(rows, key=lambda r: r.time.timestamp() if r.time else float("inf"))
 
 
 _LIST_OR_TABLE = re.compile(r"^\s{0,3}(?:[-*+] |\d{1,9}[.)] |\|)")
