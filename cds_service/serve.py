@@ -170,10 +170,12 @@ def _serve_gunicorn(settings: Settings) -> None:
     # Each worker writes its metrics to files here; /metrics in any worker adds up all of them.
     operator_dir = os.environ.get(MULTIPROC_ENV)
     metrics_dir = enable_multiprocess()
+    master = os.getpid()
     try:
         KbladderApplication(settings).run()
     finally:
-        if not operator_dir:
+        # Workers are forks that leave run() through this block too: only the master removes the folder.
+        if not operator_dir and os.getpid() == master:
             remove_multiprocess_dir(metrics_dir)
 
 

@@ -232,3 +232,19 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
                 proc.kill()
                 proc.communicate()
 
+
+
+def test_serve_makes_and_removes_its_own_metrics_folder(tmp_path: Path,
+                                                        processes: list[subprocess.Popen[bytes]]) -> None:
+    """No folder given: a private one under TMPDIR, removed by the master (not by a worker leaving early)."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    proc, url = _start(processes, tmp_path, "--workers", "2", "--rules", "rules", env={"TMPDIR": str(scratch)})
+    body = request_body(prefetch=prefetch(ketamine_given(), dipstick()))
+    assert requests.post(f"{url}/cds-services/{PV}", json=body, timeout=30).status_code == 200
+    (folder,) = scratch.glob("kbladder-metrics-*")
+    assert any(folder.glob("*.db"))
+    _, samples = scrape(url)
+    assert value(samples, "kbladder_cards_total", rule="KB-02", indicator="warning") == 1
+    _stop(proc)
+    assert not folder.exists()

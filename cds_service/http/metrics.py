@@ -6,8 +6,10 @@ about a patient or a user (see cds_service/metrics.py for the label rules).
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, request
@@ -18,6 +20,8 @@ from cds_service.rules_state import RulesSnapshot, RulesState
 
 METRICS = "kbladder.metrics"
 HOOK_ENDPOINT = "hooks.invoke"
+
+log = logging.getLogger("cds_service.http")
 
 bp = Blueprint("metrics", __name__)
 
@@ -35,12 +39,22 @@ def scrape() -> Response:
 def count_decision(cards: list[dict[str, Any]], evaluation: Evaluation | None, missing: Mapping[str, str]) -> None:
     """Feed one hook call's decision to the metrics: the cards, the rules left undecided or suppressed."""
     results = evaluation.results if evaluation is not None else []
-    metrics().decision(
-        cards,
-        undecided=[r.rule.id for r in results if r.status == UNDECIDED],
-        suppressed=[r.rule.id for r in results if r.status == SUPPRESSED],
-        missing=missing,
-    )
+    with counting():
+        metrics().decision(
+            cards,
+            undecided=[r.rule.id for r in results if r.status == UNDECIDED],
+            suppressed=[r.rule.id for r in results if r.status == SUPPRESSED],
+            missing=missing,
+        )
+
+
+@contextmanager
+def counting() -> Iterator[None]:
+    """Counting must never cost a clinician an answer: a metrics failure is logged and dropped."""
+    try:
+        yield
+    except Exception as exc:
+        log.warning("metrics not recorded", extra={"fields": {"error": type(exc).__name__}})
 
 
 def install_metrics(app: Flask, rules: RulesState) -> Metrics:
@@ -52,7 +66,8 @@ def install_metrics(app: Flask, rules: RulesState) -> Metrics:
 
     def reloaded(ok: bool, snapshot: RulesSnapshot) -> None:
         live = snapshot.ruleset
-        found.reloaded(ok, live.version if live else None, len(live.rules) if live else 0)
+        with counting():
+            found.reloaded(ok, live.version if live else None, len(live.rules) if live else 0)
 
     rules.on_reload(reloaded)
     app.register_blueprint(bp)
@@ -66,7 +81,8 @@ def install_metrics(app: Flask, rules: RulesState) -> Metrics:
         started = g.get("metrics_started", time.monotonic())
         hook = (g.get("hook") or "") if request.endpoint == HOOK_ENDPOINT else None
         rule = request.url_rule.rule if request.url_rule is not None else None
-        found.request(rule, request.method, response.status_code, hook, time.monotonic() - started)
+        with counting():
+            found.request(rule, request.method, response.status_code, hook, time.monotonic() - started)
         return response
 
     return found
