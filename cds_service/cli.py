@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from cds_service.cdshooks.hooks import HOOKS, drafts_to_evaluate
 from cds_service.clinical.record import PatientRecord
 from cds_service.clinical.timeutil import TimeError, parse_instant
 from cds_service.engine.cards import build_cards
@@ -21,7 +22,7 @@ from cds_service.engine.yamlpos import YamlError, load_file
 from cds_service.fhir.parse import bundle_resources, parse_resources
 
 DEFAULT_RULES = Path("rules")
-HOOK_CHOICE = click.Choice(["patient-view", "order-select", "order-sign"])
+HOOK_CHOICE = click.Choice(list(HOOKS))
 
 
 @click.group()
@@ -113,7 +114,7 @@ def explain_cmd(patient_file: Path, hook: str, now: str | None, draft_file: Path
 
         when = datetime.now(UTC)  # the CLI edge may read the clock; the engine never does
     valid, problems = parse_resources(resources)
-    valid_drafts, draft_problems = parse_resources(drafts if hook != "patient-view" else [])
+    valid_drafts, draft_problems = parse_resources(drafts_to_evaluate(hook, drafts))
     record = PatientRecord(valid, drafts=valid_drafts, ordinal_codes=loaded.ruleset.ordinal_codes)
     evaluation = evaluate(loaded.ruleset, record, hook=hook, now=when)
     patient_id = record.patient_id

@@ -414,9 +414,9 @@ class RuleCompiler:
         for name in sorted(
             variables
             - set(self.doc.get("parameters") or {})
-            - {"now", "ucum", "context", "resource", "rootResource"}
+            - {"now", "hook", "ucum", "context", "resource", "rootResource"}
         ):
-            self.problem(path, f"FHIRPath variable %{name} is neither a parameter nor %now")
+            self.problem(path, f"FHIRPath variable %{name} is neither a parameter, %now nor %hook")
         return None if errors else FhirPath.compile(raw)
 
     # Compile -------------------------------------------------------
@@ -638,6 +638,12 @@ class RuleCompiler:
         referenced = set()
         for raw in [t["when"] for t in doc.get("tiers") or []] + list((doc.get("conditions") or {}).values()):
             referenced |= set(_names_in(raw))
+        # A condition that only shapes the wording (``holds.late_finding``, ``cond.x``) is used too.
+        card = doc.get("card") if isinstance(doc.get("card"), Mapping) else {}
+        texts = [card.get("summary"), card.get("detail")] + [t.get("summary") for t in doc.get("tiers") or []]
+        for text in texts:
+            if isinstance(text, str):
+                referenced |= set(re.findall(r"\b(?:holds|cond)\.([A-Za-z_][A-Za-z0-9_]*)", text))
         for name in sorted(self.condition_names - referenced):
             self.problem(("conditions", name), f"condition {name!r} is not used by any tier", severity="warning")
         used_in_text = json.dumps(doc.get("card", {})) + json.dumps(doc.get("tiers", []))

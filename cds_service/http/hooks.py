@@ -15,7 +15,7 @@ import orjson
 from flask import Blueprint, Response, g
 from sqlalchemy.exc import SQLAlchemyError
 
-from cds_service.cdshooks import parse_hook_request
+from cds_service.cdshooks import SERVICES, parse_hook_request
 from cds_service.config import is_loopback_host
 from cds_service.fhir.prefetch import PrefetchUnavailable
 
@@ -24,7 +24,6 @@ from .context import service_context
 from .errors import error_response
 from .metrics import count_decision
 from .pipeline import card_issues, run_hook
-from .services import SERVICES
 
 log = logging.getLogger("cds_service.http")
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
 from typing import Any
 
-from cds_service.cdshooks import HOOKS, template_problems
+from cds_service.cdshooks import HOOKS, SERVICES, template_problems
 from cds_service.engine.model import MEDICATION_RESOURCES, RuleSet
 
 log = logging.getLogger("cds_service.http")
@@ -20,26 +19,6 @@ log = logging.getLogger("cds_service.http")
 PATIENT_KEY = "patient"
 COUNT = 1000
 
-
-@dataclass(frozen=True, slots=True)
-class Service:
-    id: str
-    hook: str
-    title: str
-    description: str
-
-
-SERVICES: dict[str, Service] = {
-    s.id: s
-    for s in (
-        Service("kbladder-patient-view", "patient-view", "Ketamine bladder injury: record review",
-                "Warns when a patient's record shows ketamine exposure together with signs of bladder injury."),
-        Service("kbladder-order-select", "order-select", "Ketamine bladder injury: order selection",
-                "Checks newly selected ketamine or esketamine orders against signs of bladder injury."),
-        Service("kbladder-order-sign", "order-sign", "Ketamine bladder injury: order signing",
-                "Checks ketamine or esketamine orders about to be signed against signs of bladder injury."),
-    )
-}
 
 USAGE = ("Send prefetch for every template, or fhirServer with fhirAuthorization (read access to the "
          "patient's Patient, MedicationAdministration/Request/Statement, Observation and Condition, and to "
