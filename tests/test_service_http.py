@@ -619,3 +619,22 @@ def test_access_log_names_the_patient_only_by_a_keyed_hash(tmp_path: Path, caplo
     assert hashes == {patient_hash(b"site-secret", pid)}  # stable across calls, keyed by the site secret
     assert patient_hash(b"another-secret", pid) not in hashes
     assert all(pid not in r.getMessage() and pid not in str(getattr(r, "fields", "")) for r in caplog.records)
+
+
+def test_access_log_names_the_rules_that_fired(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Operators see which rules fired in each request line: rule ids only, no patient data."""
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'rules.sqlite3'}", reload_interval_s=0)
+    store = Store(settings.database_url)
+    app = create_app(settings, rules_state=RulesState([RULES], reload_interval_s=0), store=store)
+    with caplog.at_level("INFO", logger="cds_service.access"), serving(app) as url:
+        fired = requests.post(f"{url}/cds-services/{PV}", timeout=30,
+                              json=request_body(prefetch=prefetch(ketamine_given(), dipstick())))
+        quiet = requests.post(f"{url}/cds-services/{PV}", timeout=30,
+                              json=request_body(prefetch=prefetch(dipstick(value="negative"))))
+    store.dispose()
+    lines = [r.fields for r in caplog.records if r.name == "cds_service.access"  # type: ignore[attr-defined]
+             and getattr(r, "fields", {}).get("hookInstance")]
+    shown = sorted({c["extension"][f"{EXT}.rule"]["id"] for c in fired.json()["cards"]})
+    assert shown and set(shown) <= set(lines[0]["rules"])
+    assert all(rule.startswith("KB-") for rule in lines[0]["rules"])
+    assert quiet.json()["cards"] == [] and lines[1]["rules"] == []
