@@ -442,6 +442,7 @@ NEW = Block(
         },
     },
     usage="new: {data, window, before_course: P365D, by: kind}",
-    true_when="a finding whose class was absent in the year before the course",
+    true_when="a finding whose class was absent in the year before the course (a Condition still active when "
+    "that year began, whatever its onset, counts as present)",
     value="how many",
 )
