@@ -6,8 +6,7 @@ Tests pass their own ``rules_state`` and ``store``; ``kbladder serve`` (and each
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import atexit
 import logging
 import secrets
 import time
@@ -17,6 +16,8 @@ from datetime import datetime
 from flask import Flask, Response, g, request
 
 from cds_service.config import Settings
+from cds_service.governance.decisionlog import keyed_hash
+from cds_service.governance.service import Governance
 from cds_service.http import discovery, feedback, health, hooks
 from cds_service.http.auth import install_auth
 from cds_service.http.context import EXTENSION, ServiceContext, wall_clock
@@ -52,7 +53,17 @@ def create_app(
     # http/body.py reads limit + 1 bytes to tell "exactly at the limit" from "too large" (413).
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     app.json.sort_keys = False  # keep card fields in the order the spec lists them
-    app.extensions[EXTENSION] = ServiceContext(settings, rules_state, store, clock)
+    key = log_key(settings)
+    shadow = None
+    if settings.shadow_rules_dir:
+        shadow = RulesState([settings.shadow_rules_dir], site=settings.site_file,
+                            reload_interval_s=settings.reload_interval_s)
+        shadow.start_polling()
+    governance = Governance(settings, store, key, shadow)
+    governance.start_pruning(clock)
+    atexit.register(governance.close)  # gunicorn workers exit through here on SIGTERM: flush the log
+    app.extensions[LOG_KEY] = key
+    app.extensions[EXTENSION] = ServiceContext(settings, rules_state, store, clock, governance)
     for blueprint in (discovery.bp, hooks.bp, feedback.bp, health.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
@@ -65,15 +76,22 @@ def create_app(
 LOG_KEY = "kbladder.log_hash_key"
 
 
+def log_key(settings: Settings) -> bytes:
+    """The key of every keyed hash in logs and the decision log.
+
+    Without a configured key each process draws its own: hashes then correlate one process's calls only,
+    and snoozes do not cross processes. ``kbladder serve`` with several workers draws one in the master.
+    """
+    return (settings.log_hash_key or "").encode("utf-8") or secrets.token_bytes(32)
+
+
 def patient_hash(key: bytes, patient_id: str) -> str:
     """HMAC-SHA256 of the patient id under the service's log key, shortened: stable, not reversible."""
-    return hmac.new(key, patient_id.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+    return keyed_hash(key, patient_id)
 
 
 def _install_access_log(app: Flask, settings: Settings) -> None:
     """One JSON line per request: method, path, status, ms (never headers, query values or bodies)."""
-    # Without a configured key each process draws its own: hashes still correlate one worker's calls.
-    app.extensions[LOG_KEY] = (settings.log_hash_key or "").encode("utf-8") or secrets.token_bytes(32)
 
     @app.before_request
     def _start() -> None:

@@ -143,6 +143,8 @@ def explain_cmd(patient_file: Path, hook: str, now: str | None, draft_file: Path
               help="YAML config file (public_url, auth issuers, ...; see docs/configuration.md).")
 @click.option("--insecure-no-auth-on-public-interface", "insecure_no_auth_on_public_interface", is_flag=True,
               default=None, help="Allow serving with auth off on a non-loopback address (never in production).")
+@click.option("--shadow-rules", "shadow_rules_dir", envvar="KBLADDER_SHADOW_RULES_DIR",
+              help="Candidate rule folder evaluated beside the live set on every call: logged, never shown.")
 def serve_cmd(config_file: Path | None, **options: Any) -> None:
     """Serve the CDS Hooks endpoints (other settings: config file and KBLADDER_* environment variables)."""
     from cds_service.config import ConfigError, Settings
@@ -154,6 +156,24 @@ def serve_cmd(config_file: Path | None, **options: Any) -> None:
         click.echo(f"kbladder serve: {exc}", err=True)
         sys.exit(2)
     serve(settings)
+
+
+@main.command("report")
+@click.option("--since", help="Start of the period (ISO 8601 date or instant, inclusive).")
+@click.option("--until", help="End of the period (ISO 8601 date or instant, exclusive).")
+@click.option("--rule", "rule_id", help="Only this rule id.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "html"]), default="text", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file (default stdout).")
+@click.option("--database-url", envvar="KBLADDER_DATABASE_URL", help="The store, as for `kbladder serve`.")
+@click.option("--config", "config_file", envvar="KBLADDER_CONFIG", type=click.Path(path_type=Path),
+              help="YAML config file, as for `kbladder serve`.")
+def report_cmd(since: str | None, until: str | None, rule_id: str | None, fmt: str, out: Path | None,
+               database_url: str | None, config_file: Path | None) -> None:
+    """Per rule and version: calls, cards, undecided, suppressed, feedback and acceptance; shadow vs live."""
+    from cds_service.governance.reportcmd import run_report
+
+    run_report(since=since, until=until, rule_id=rule_id, fmt=fmt, out=out, database_url=database_url,
+               config_file=config_file)
 
 
 @main.command("synth")

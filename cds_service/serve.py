@@ -7,7 +7,9 @@ master restart its workers, which load the current files.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import secrets
 import signal
 import sys
 import threading
@@ -19,6 +21,7 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 
 from cds_service.app import create_app
 from cds_service.config import Settings
+from cds_service.http.context import EXTENSION
 from cds_service.logjson import configure_logging
 from cds_service.rules_state import RulesState
 from cds_service.store import Store
@@ -130,12 +133,18 @@ def _serve_werkzeug(settings: Settings) -> None:
     finally:
         server.server_close()
         rules.stop_polling()
+        governance = app.extensions[EXTENSION].governance
+        if governance is not None and not governance.close():  # every accepted log record written
+            log.error("decision log not fully written at shutdown", extra={"fields": governance.counters()})
         store.dispose()
         log.info("stopped")
 
 
 def _serve_gunicorn(settings: Settings) -> None:
     from gunicorn.app.base import BaseApplication
+
+    if not settings.log_hash_key:  # one key for all workers, so their hashes (and snoozes) agree
+        settings = dataclasses.replace(settings, log_hash_key=secrets.token_hex(32))
 
     class KbladderApplication(BaseApplication):  # type: ignore[misc]
         """gunicorn without a config file: options from Settings, one app per worker (after fork)."""

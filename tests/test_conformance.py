@@ -55,6 +55,8 @@ from cds_service.cdshooks import (
 )
 from cds_service.config import ConfigError, Settings
 from cds_service.fhir.client import FetchLimits
+from cds_service.governance.service import Governance
+from cds_service.http.context import EXTENSION
 from cds_service.logjson import JsonFormatter
 from cds_service.rules_state import RulesState
 from cds_service.store import Store
@@ -82,8 +84,8 @@ UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 class Service:
     """A running service: base URL, its store and database folder, discovery fetched once."""
 
-    def __init__(self, url: str, store: Store, db_dir: Path) -> None:
-        self.url, self.store, self.db_dir = url, store, db_dir
+    def __init__(self, url: str, store: Store, db_dir: Path, governance: Governance | None = None) -> None:
+        self.url, self.store, self.db_dir, self.governance = url, store, db_dir, governance
         self._discovery: dict[str, Any] | None = None
 
     def discovery(self) -> dict[str, Any]:
@@ -105,7 +107,9 @@ class Service:
         return self.post(f"/cds-services/{service_id or SERVICE_FOR_HOOK[body['hook']]}", body)
 
     def issued(self, hook_instance: str) -> int:
-        """Cards the store logged for one hook instance."""
+        """Cards the store logged for one hook instance (after the background writer drained)."""
+        if self.governance is not None:
+            self.governance.flush()
         query = select(func.count()).select_from(CardIssueRow).where(CardIssueRow.hook_instance == hook_instance)
         with self.store.engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
@@ -116,11 +120,14 @@ def running(rules: RulesState, db_dir: Path, **settings: Any) -> Iterator[Servic
     """The app with the repository's rules, a SQLite store in *db_dir* and *settings* overrides."""
     database_url = f"sqlite:///{db_dir / 'kbladder.sqlite3'}"
     store = Store(database_url)
+    # Each check here is one independent call: no order-select -> order-sign de-duplication between them.
+    settings.setdefault("order_dedupe_window_s", 0)
     config = Settings(database_url=database_url, reload_interval_s=0,
                       fetch_limits=FetchLimits(time_budget_s=10, request_timeout_s=5), **settings)
     try:
-        with serving(create_app(config, rules_state=rules, store=store)) as url:
-            yield Service(url, store, db_dir)
+        app = create_app(config, rules_state=rules, store=store)
+        with serving(app) as url:
+            yield Service(url, store, db_dir, app.extensions[EXTENSION].governance)
     finally:
         store.dispose()
 
@@ -1163,11 +1170,17 @@ def overridden(card: dict[str, Any], **reason: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize("service_id", [PV, OSEL, OSIGN])
 def test_F1_each_service_has_a_feedback_endpoint(service: Service, service_id: str) -> None:
-    """F1: a feedback endpoint {baseUrl}/cds-services/{id}/feedback is OPTIONAL (MAY); ours exists per service."""
-    card = {"uuid": str(uuid.uuid4())}
+    """F1: a feedback endpoint {baseUrl}/cds-services/{id}/feedback is OPTIONAL (MAY); ours exists per service.
+    It takes feedback for the cards that service issued, and refuses (404, naming the field) any other uuid."""
+    hook = next(h for h, s in SERVICE_FOR_HOOK.items() if s == service_id)
+    card = kb02_card(service.call(kb02_patient_view(service) if hook == "patient-view" else kb02_order(service, hook)))
     response = service.post(f"/cds-services/{service_id}/feedback", {"feedback": [overridden(card)]})
     assert response.status_code == 200, response.text
     assert service.store.feedback_count(card_uuid=card["uuid"]) == 1
+    other = next(s for s in (PV, OSEL, OSIGN) if s != service_id)
+    for target, item in ((other, overridden(card)), (service_id, overridden({"uuid": str(uuid.uuid4())}))):
+        refused = service.post(f"/cds-services/{target}/feedback", {"feedback": [item]})
+        assert refused.status_code == 404 and error_field(refused.json()) == "feedback[0].card"
     assert service.post("/cds-services/kbladder-nothing/feedback", {"feedback": []}).status_code == 404
 
 
@@ -1236,11 +1249,13 @@ def test_F5_feedback_status_codes(service: Service, issued_card: dict[str, Any])
 ], ids=["code-and-system", "code-only"])
 def test_F6_sandbox_override_reason_without_display_is_accepted(service: Service, issued_card: dict[str, Any],
                                                                 reason: dict[str, Any]) -> None:
-    """F6: the sandbox sends overrideReason.reason with code (+ system) but no display: accept it."""
+    """F6: the sandbox sends overrideReason.reason with code (+ system) but no display: accept it, and take the
+    display from the card's own overrideReasons."""
     response = service.post(f"/cds-services/{PV}/feedback", {"feedback": [overridden(issued_card, reason=reason)]})
     assert response.status_code == 200, response.text
     stored = service.store.feedback_for_card(issued_card["uuid"])
-    assert [(s.reason_code, s.reason_display) for s in stored] == [("alternative-cause", None)]
+    display = next(r["display"] for r in issued_card["overrideReasons"] if r["code"] == "alternative-cause")
+    assert [(s.reason_code, s.reason_display) for s in stored] == [("alternative-cause", display)]
 
 
 # -- J: CORS ----------------------------------------------------------------------------------------------------

@@ -607,10 +607,17 @@ class RuleCompiler:
         keys = [s.key for s in suggestions]
         for key in {k for k in keys if keys.count(k) > 1}:
             self.problem(("card", "suggestions"), f"duplicate suggestion id {key!r}")
+        site_snooze = self.overrides.get("snooze") or {}
         reasons = tuple(
-            OverrideReason(r["code"], r["display"], r.get("system", OVERRIDE_SYSTEM))
+            OverrideReason(r["code"], r["display"], r.get("system", OVERRIDE_SYSTEM),
+                           site_snooze.get(r["code"], r.get("snooze_days")))
             for r in raw.get("override_reasons") or []
         )
+        codes = {r.code for r in reasons}
+        for code in site_snooze:
+            if code not in codes:
+                self._site_problem((*self.site_path, "snooze", code),
+                                   f"{self.doc['id']}: no override reason {code!r} (has: {', '.join(sorted(codes))})")
         links = tuple(
             Link(link["label"], link["url"], link.get("type", "absolute"), link.get("app_context"))
             for link in raw.get("links") or []
@@ -632,7 +639,8 @@ class RuleCompiler:
                     continue
                 actions.append(Action(action["type"], action["description"], draft=draft, patch=action.get("patch")))
         tiers = frozenset(raw.get("tiers") or INDICATORS)
-        return Suggestion(raw["id"], raw["label"], tuple(actions), bool(raw.get("recommended", False)), tiers)
+        return Suggestion(raw["id"], raw["label"], tuple(actions), bool(raw.get("recommended", False)), tiers,
+                          raw.get("result_due_days"))
 
     def _check_usage(self, doc: Mapping[str, Any], tiers: Sequence[Tier]) -> None:
         referenced = set()

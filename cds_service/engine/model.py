@@ -131,6 +131,8 @@ class Suggestion:
     actions: tuple[Action, ...]
     recommended: bool = False
     tiers: frozenset[str] = frozenset(INDICATORS)
+    #: Days until the result of this suggestion (e.g. a urinalysis) is due: accepting it holds the card that long.
+    result_due_days: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +140,9 @@ class OverrideReason:
     code: str
     display: str
     system: str
+    #: Days the rule stays quiet for the patient after an override with this reason (None: the default for
+    #: the card's indicator; 0: never snoozed). New evidence or a rising indicator always breaks a snooze.
+    snooze_days: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

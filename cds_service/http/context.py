@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from flask import current_app
 
 from cds_service.config import Settings
+from cds_service.governance.service import Governance
 from cds_service.rules_state import RulesState
 from cds_service.store import Store
 
@@ -26,6 +27,7 @@ class ServiceContext:
     rules: RulesState
     store: Store | None
     clock: Callable[[], datetime] = field(default=wall_clock)
+    governance: Governance | None = None
 
 
 def service_context() -> ServiceContext:

@@ -1,12 +1,23 @@
-"""POST /cds-services/<id>/feedback: what clinicians did with our cards, stored idempotently (F1-F6)."""
+"""POST /cds-services/<id>/feedback: what clinicians did with our cards, stored idempotently (F1-F6).
+
+Feedback tells the truth: a card uuid we never issued, or issued by another service, is refused with 404
+naming the field (it would otherwise be a row no report can attribute); a reason sent as a bare code (the
+sandbox does) gets its display from the card's own override reasons. An override with a reason, or an
+accepted suggestion, then snoozes the rule for the patient (governance).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from flask import Blueprint, Response, jsonify
+from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.cdshooks import SERVICES, parse_feedback
+from cds_service.cdshooks.feedback import Coding, FeedbackItem
+from cds_service.engine.model import RuleSet
+from cds_service.store.store import IssuedCard
 
 from .body import read_json
 from .context import service_context
@@ -23,8 +34,42 @@ def feedback(service_id: str) -> Response:
         return error_response(404, "unknown CDS service", field="id")
     ctx = service_context()
     items = parse_feedback(read_json(ctx.settings.max_body_bytes))
-    if ctx.store is None:
+    if ctx.store is None or ctx.governance is None:
         return error_response(503, "feedback store not configured")
-    new = sum(ctx.store.record_feedback(service_id, item) for item in items)
-    log.info("feedback stored", extra={"fields": {"service": service_id, "items": len(items), "new": new}})
+    ruleset = ctx.rules.ruleset
+    try:
+        cards: list[IssuedCard] = []
+        for i, item in enumerate(items):  # all items checked before any is stored
+            card = ctx.governance.issued_card(item.card)
+            if card is None:
+                return error_response(404, "no card with this uuid was issued by this service",
+                                      field=f"feedback[{i}].card")
+            if card.service_id != service_id:
+                return error_response(404, "this card was issued by another CDS service; send its feedback there",
+                                      field=f"feedback[{i}].card")
+            cards.append(card)
+        new = learnt = 0
+        for item, card in zip(items, cards, strict=True):
+            item = with_reason_display(item, card, ruleset)
+            new += ctx.store.record_feedback(service_id, item, rule_id=card.rule_id, rule_version=card.rule_version)
+            learnt += ctx.governance.learn(card, item, ruleset)
+    except SQLAlchemyError as exc:
+        log.error("feedback store unavailable", extra={"fields": {"error": type(exc).__name__}})
+        return error_response(503, "feedback store unavailable; retry later")
+    log.info("feedback stored", extra={"fields": {"service": service_id, "items": len(items), "new": new,
+                                                  "snoozes": learnt}})
     return jsonify({})
+
+
+def with_reason_display(item: FeedbackItem, card: IssuedCard, ruleset: RuleSet | None) -> FeedbackItem:
+    """The item with its override reason's display taken from the card's own overrideReasons when missing."""
+    reason = item.override_reason.reason if item.override_reason else None
+    if reason is None or reason.display or ruleset is None or item.override_reason is None:
+        return item
+    rule = next((r for r in ruleset.rules if r.id == card.rule_id), None)
+    known = next((r for r in (rule.card.override_reasons if rule else ())
+                  if r.code == reason.code and (reason.system in (None, r.system))), None)
+    if known is None:
+        return item
+    coding = Coding(system=reason.system or known.system, code=reason.code, display=known.display)
+    return dataclasses.replace(item, override_reason=dataclasses.replace(item.override_reason, reason=coding))

@@ -13,7 +13,6 @@ from urllib.parse import urlsplit
 
 import orjson
 from flask import Blueprint, Response, g
-from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.cdshooks import SERVICES, parse_hook_request
 from cds_service.config import is_loopback_host
@@ -56,8 +55,12 @@ def invoke(service_id: str) -> Response:
         return error_response(503, "no valid rule set is loaded")
 
     started = time.monotonic()
+    now = ctx.clock()
+    governance = ctx.governance
+    call = governance.call_info(request, service.id, g.get("client"), now) if governance is not None else None
+    hold = (lambda evaluation: governance.hold_back(call, evaluation)) if call is not None else None
     try:
-        outcome = run_hook(request, ruleset, ctx.settings, ctx.clock())
+        outcome = run_hook(request, ruleset, ctx.settings, now, hold_back=hold)
     except PrefetchUnavailable as exc:
         # One expression per prefetch key we needed and could neither find nor fetch (P7).
         return error_response(412, "prefetch missing and no FHIR server access",
@@ -66,14 +69,13 @@ def invoke(service_id: str) -> Response:
     log.info("hook answered", extra={"fields": {
         "hook": request.hook, "hookInstance": request.hook_instance, "service": service.id,
         "cards": len(outcome.cards), "missing": sorted(outcome.missing), "skipped": len(outcome.skipped),
-        "sources": outcome.sources, "rulesVersion": ruleset.version,
+        "sources": outcome.sources, "rulesVersion": ruleset.version, "suppressed": sorted(outcome.held),
         "ms": round((time.monotonic() - started) * 1000, 1)}})
 
-    if ctx.store is not None and outcome.cards:
-        try:  # the audit log must never withhold advice from a clinician
-            ctx.store.record_cards(request.hook_instance, service.id, card_issues(outcome.cards), ctx.clock())
-        except SQLAlchemyError as exc:
-            log.error("could not record cards: %s", type(exc).__name__)
+    # The card issue log and the decision log go to the background writer: never on the answer's path.
+    if governance is not None and call is not None and outcome.evaluation is not None:
+        governance.record(call, outcome.evaluation, outcome.cards, outcome.held, card_issues(outcome.cards),
+                          outcome.record)
     return Response(orjson.dumps(outcome.body), mimetype="application/json")  # the JSON floor's encoder
 
 

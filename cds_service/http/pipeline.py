@@ -7,6 +7,7 @@ are the FHIR server (through ``gather``) and the clock (``now`` is read once, by
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -15,7 +16,7 @@ from cds_service.cdshooks import HookRequest, drafts_to_evaluate
 from cds_service.clinical.record import PatientRecord
 from cds_service.config import Settings
 from cds_service.engine.cards import EXT, CardSettings, build_cards
-from cds_service.engine.evaluate import Evaluation, evaluate
+from cds_service.engine.evaluate import SUPPRESSED, Evaluation, evaluate
 from cds_service.engine.model import MEDICATION_RESOURCES, RuleSet
 from cds_service.fhir.parse import ParseProblem, parse_resources
 from cds_service.fhir.prefetch import gather
@@ -35,10 +36,18 @@ class HookOutcome:
     missing: dict[str, str] = field(default_factory=dict)
     skipped: list[ParseProblem] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
+    #: What the edge logs (decision log) and what a shadow rule set is evaluated on (the same data).
+    evaluation: Evaluation | None = None
+    record: PatientRecord | None = None
+    #: rule id → why its card was held back (snooze, accepted suggestion, order-select de-duplication).
+    held: dict[str, str] = field(default_factory=dict)
 
 
-def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: datetime) -> HookOutcome:
+def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: datetime,
+             hold_back: Callable[[Evaluation], dict[str, str]] | None = None) -> HookOutcome:
     """Everything between a validated request and its response body.
+
+    *hold_back* (governance, with the store behind it) names fired rules whose cards feedback suppressed.
 
     Raises ``PrefetchUnavailable`` (→ 412) when data is missing and there is no FHIR access.
     """
@@ -78,6 +87,10 @@ def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: da
         unavailable.setdefault(problem.resource_type, f"{problem.resource_type}: malformed resource(s) skipped")
     record = PatientRecord(valid, drafts=drafts, ordinal_codes=ruleset.ordinal_codes, unavailable=unavailable)
     evaluation = evaluate(ruleset, record, hook=request.hook, now=now)
+    held = hold_back(evaluation) if hold_back is not None else {}
+    for result in evaluation.results:
+        if result.rule.id in held and result.shows_card:
+            result.status, result.reason = SUPPRESSED, held[result.rule.id]
     gaps = [f"{key}: {reason}" for key, reason in missing.items()]
     if skipped:
         gaps.append(f"{len(skipped)} FHIR resource(s) could not be read and were skipped")
@@ -105,7 +118,7 @@ def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: da
     if extension:
         extension[f"{EXT}.ruleSetVersion"] = ruleset.version
         body["extension"] = extension
-    return HookOutcome(body, cards, missing, skipped, dict(gathered.sources))
+    return HookOutcome(body, cards, missing, skipped, dict(gathered.sources), evaluation, record, held)
 
 
 def undecided_rules(evaluation: Evaluation) -> list[dict[str, Any]]:
