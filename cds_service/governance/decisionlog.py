@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,6 +33,15 @@ __all__ = [
 LIVE, SHADOW = "live", "shadow"
 #: Outcome names in the log (the engine's "not fired" has a space; the log's names are identifiers).
 OUTCOMES = ("fired", "not_fired", "undecided", "suppressed", "silent")
+
+
+_REFERENCE = re.compile(r"\b([A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}")
+_DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}(?:[T ][0-9:.]+(?:Z|[+-]\d{2}:\d{2})?)?")
+
+
+def scrub(text: str) -> str:
+    """Missing-data notes without resource ids or dates (they could point at a person): kinds of data only."""
+    return _DATE.sub("<date>", _REFERENCE.sub(r"\1", text))
 
 
 def keyed_hash(key: bytes, value: str) -> str:
@@ -135,7 +145,7 @@ def log_entries(
         indicator = result.fired.indicator if result.fired else None
         common: dict[str, Any] = {"rule_set": rule_set, "rule_set_version": evaluation.ruleset_version,
                                   "rule_id": rule.id, "rule_version": rule.version, "indicator": indicator,
-                                  "missing": tuple(result.missing)}
+                                  "missing": tuple(dict.fromkeys(scrub(m) for m in result.missing))}
         if result.status == FIRED:
             evidence = evidence_hashes(key, result)
             if rule.status == "silent":

@@ -120,16 +120,18 @@ def build_report(rows: Iterable[Any], feedback: Iterable[StoredFeedback], *, sin
         stats.rule_set_versions.add(row.rule_set_version)
         stats.calls += 1
         outcome = row.outcome
+        live = row.rule_set == "live"
+        # Would the rule have shown a card, snoozes and card limits aside? (the live-vs-shadow comparison)
+        held_by_feedback = live and outcome == "suppressed" and not (row.detail or "").startswith("suppressed:")
+        if outcome == "fired" or held_by_feedback:
+            per_call[row.hook_instance][row.rule_id][0 if live else 1] = True
         if outcome == "fired":
-            if row.rule_set == "live" and row.card_uuid:
+            if live and row.card_uuid:
                 stats.shown[row.indicator or "info"] += 1
                 card_rule[row.card_uuid] = key
                 report.cards_per_week[(_week(row.logged_at), row.rule_id)] += 1
-                per_call[row.hook_instance][row.rule_id][0] = True
-            elif row.rule_set != "live":
+            elif not live:
                 stats.shown[row.indicator or "info"] += 1
-                per_call[row.hook_instance][row.rule_id][1] = True
-                shadow_key[row.rule_id] = key
         elif outcome == "silent":
             stats.silent += 1
         elif outcome == "undecided":
@@ -141,8 +143,8 @@ def build_report(rows: Iterable[Any], feedback: Iterable[StoredFeedback], *, sin
             stats.suppressed_why[(row.detail or "").split(" until ", 1)[0]] += 1
         else:
             stats.not_fired += 1
-        (live_calls if row.rule_set == "live" else shadow_calls).add(row.hook_instance)
-        if row.rule_set != "live":
+        (live_calls if live else shadow_calls).add(row.hook_instance)
+        if not live:
             shadow_key.setdefault(row.rule_id, key)
     report.calls = len(live_calls | shadow_calls)
 
