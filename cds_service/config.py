@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cds_service.fhir.client import FetchLimits
+from cds_service.security.urls import url_problem
 
 ENV_PREFIX = "KBLADDER_"
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -67,6 +68,9 @@ def _check_url(value: str, where: tuple[str | int, ...], *, what: str) -> str:
         raise ConfigError(f"{what}: https is required (http only for loopback)", where)
     if parts.query or parts.fragment:
         raise ConfigError(f"{what}: no query or fragment allowed", where)
+    refused = url_problem(value)  # what the HTTP client would fetch must be what was configured
+    if refused is not None:
+        raise ConfigError(f"{what}: {refused}", where)
     return value.rstrip("/")
 
 
@@ -160,7 +164,7 @@ class Settings:
     workers: int = 1
     max_body_bytes: int = 1024 * 1024
     fetch_limits: FetchLimits = field(default_factory=FetchLimits)
-    max_cards: int = 10
+    max_cards: int = 3
     #: Resources across all prefetch keys of one request (a bigger prefetch is refused with 413).
     max_prefetch_entries: int = 20000
     #: Secret for the keyed hash that stands for the patient in logs; set it so that all workers agree.
