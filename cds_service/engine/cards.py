@@ -171,7 +171,9 @@ def evidence_rows(result: RuleResult) -> list[Evidence]:
     """Evidence of the fired tier, each resource once (notes of repeated rows joined)."""
     if result.fired is None:
         return []
-    outcome = next((t.outcome for t in result.tiers if t.indicator == result.fired.indicator), None)
+    # The tier that held, not the first tier of that indicator: a rule may have two tiers of one indicator.
+    outcome = next((t.outcome for t in reversed(result.tiers)
+                    if t.indicator == result.fired.indicator and t.outcome.truth is Truth.TRUE), None)
     return merge_rows(outcome.evidence if outcome else [])
 
 
