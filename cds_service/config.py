@@ -185,8 +185,6 @@ class Settings:
     log_queue_capacity: int = 10000
     #: A candidate rule folder evaluated beside the live set on the same calls: logged, never shown.
     shadow_rules_dir: str | None = None
-    #: Time the shadow set may add to a hook call; past it the shadow decision is skipped and counted.
-    shadow_budget_ms: float = 25.0
     #: The same card shown at order-select is not repeated at order-sign (same patient, user, draft) within this.
     order_dedupe_window_s: int = 900
     auth: AuthSettings = field(default_factory=AuthSettings)
@@ -206,8 +204,8 @@ class Settings:
                      "log_queue_capacity"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: expected a positive integer")
-        if self.shadow_budget_ms < 0 or self.order_dedupe_window_s < 0:
-            raise ConfigError("shadow_budget_ms and order_dedupe_window_s: expected >= 0")
+        if self.order_dedupe_window_s < 0:
+            raise ConfigError("order_dedupe_window_s: expected >= 0 (0 turns it off)")
         if self.reload_interval_s < 0:
             raise ConfigError("reload_interval_s: expected >= 0 (0 disables polling)")
         if not self.cors_origins:
