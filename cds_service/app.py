@@ -44,7 +44,8 @@ def create_app(
     settings = settings or Settings.load()
     if rules_state is None:
         rules_state = RulesState([settings.rules_dir], site=settings.site_file,
-                                 reload_interval_s=settings.reload_interval_s)
+                                 reload_interval_s=settings.reload_interval_s,
+                                 require_proof=settings.reload_requires_tests)
         rules_state.start_polling()
     if store is None:
         store = Store(settings.database_url)

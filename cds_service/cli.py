@@ -44,15 +44,36 @@ def check(paths: tuple[Path, ...], site: Path | None) -> None:
 
     Every problem is printed as file:line:col: message; the exit status is 1 on any error.
     """
-    result = load_ruleset(list(paths) or [DEFAULT_RULES], site=site)
-    for problem in sorted(result.problems, key=lambda p: (p.file, p.line, p.col)):
+    from cds_service.governance.lock import governance_problems
+
+    folders = list(paths) or [DEFAULT_RULES]
+    result = load_ruleset(folders, site=site)
+    problems = list(result.problems)
+    if result.ruleset is not None:  # lock file (content changed without a version bump), project codes
+        problems += governance_problems(result.ruleset, folders)
+    for problem in sorted(problems, key=lambda p: (p.file, p.line, p.col)):
         click.echo(str(problem))
-    if not result.ok:
-        click.echo(f"{len(result.errors)} error(s)", err=True)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors or result.ruleset is None:
+        click.echo(f"{len(errors)} error(s)", err=True)
         sys.exit(1)
     ruleset = result.ruleset
-    assert ruleset is not None
     click.echo(f"ok: {len(ruleset.rules)} rule(s), {len(ruleset.valuesets)} value set(s), rule set {ruleset.version}")
+
+
+@rules.command("lock")
+@click.argument("folder", required=False, type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RULES)
+def lock_cmd(folder: Path) -> None:
+    """Record each rule's id, version and content digest in FOLDER/rules.lock.json (after a version bump)."""
+    from cds_service.governance.lock import write_lock
+
+    result = load_ruleset([folder])
+    if result.ruleset is None:
+        for problem in result.errors:
+            click.echo(str(problem), err=True)
+        sys.exit(1)
+    path = write_lock(result.ruleset, folder)
+    click.echo(f"locked {len(result.ruleset.rules)} rule(s) in {path}")
 
 
 @rules.command("test")

@@ -185,6 +185,9 @@ class Settings:
     log_queue_capacity: int = 10000
     #: A candidate rule folder evaluated beside the live set on the same calls: logged, never shown.
     shadow_rules_dir: str | None = None
+    #: Share of one core the shadow evaluation may take (it pauses after each call in proportion), so the
+    #: live answers it runs beside are not slowed beyond it; calls beyond the shadow queue are counted, skipped.
+    shadow_cpu_share: float = 0.2
     #: The same card shown at order-select is not repeated at order-sign (same patient, user, draft) within this.
     order_dedupe_window_s: int = 900
     auth: AuthSettings = field(default_factory=AuthSettings)
@@ -204,6 +207,8 @@ class Settings:
                      "log_queue_capacity"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: expected a positive integer")
+        if not 0 < self.shadow_cpu_share <= 1:
+            raise ConfigError("shadow_cpu_share: expected a fraction in (0, 1]")
         if self.order_dedupe_window_s < 0:
             raise ConfigError("order_dedupe_window_s: expected >= 0 (0 turns it off)")
         if self.reload_interval_s < 0:

@@ -100,7 +100,8 @@ class _RequestHandler(WSGIRequestHandler):
 
 
 def _serve_werkzeug(settings: Settings) -> None:
-    rules = RulesState([settings.rules_dir], site=settings.site_file, reload_interval_s=settings.reload_interval_s)
+    rules = RulesState([settings.rules_dir], site=settings.site_file, reload_interval_s=settings.reload_interval_s,
+                       require_proof=settings.reload_requires_tests)
     if rules.ruleset is None:
         log.error("no valid rule set at start; serving 503 on hooks until the files are fixed")
     try:

@@ -5,7 +5,6 @@ scripted feedback: the text table, the JSON numbers against what the replay did,
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from collections import Counter
 from collections.abc import Iterator
@@ -18,28 +17,17 @@ from click.testing import CliRunner
 
 from cds_service.cli import main
 from cds_service.demo import from_cohort
-from cds_service.governance.replay import Clock, replay_weeks, serving
+from cds_service.governance.replay import Clock, candidate_rules, replay_weeks, serving
 from cds_service.synth import generate_cohort
 
 REPO = Path(__file__).resolve().parents[1]
 RULES = REPO / "rules"
 
 
-def candidate_rules(folder: Path) -> Path:
-    """The live rules with KB-04's info threshold halved (and its version bumped): a shadow candidate."""
-    shutil.copytree(RULES, folder, ignore=shutil.ignore_patterns("tests"))
-    kb04 = folder / "KB-04-intensive-exposure.yaml"
-    text = kb04.read_text()
-    text = text.replace("cum_info: {type: quantity, default: 1000,", "cum_info: {type: quantity, default: 500,", 1)
-    text = re.sub(r"^version: .*$", "version: 9.0.0-candidate", text, count=1, flags=re.M)
-    kb04.write_text(text)
-    return folder
-
-
 def replay(database_url: str, tmp: Path, *, weeks: int, patients: int | None = None) -> Counter[str]:
     now, cohort = from_cohort(generate_cohort(1))
     clock = Clock(now)
-    with serving(RULES, database_url, clock, shadow_rules=candidate_rules(tmp / "candidate")) as (url, gov):
+    with serving(RULES, database_url, clock, shadow_rules=candidate_rules(RULES, tmp / "candidate")) as (url, gov):
         counts = replay_weeks(cohort[:patients] if patients else cohort, url, clock, weeks=weeks)
         assert gov.flush()
     return counts

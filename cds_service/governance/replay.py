@@ -9,6 +9,8 @@ some left unanswered — so snoozes, acceptance and override reasons all have da
 from __future__ import annotations
 
 import logging
+import re
+import shutil
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -32,6 +34,17 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now
+
+
+def candidate_rules(live: Path, folder: Path) -> Path:
+    """A shadow candidate for demos and benches: the live rules with KB-04's info threshold halved and its
+    version bumped (so the candidate set has its own rule-set version and fires more often)."""
+    shutil.copytree(live, folder, ignore=shutil.ignore_patterns("tests"))
+    kb04 = folder / "KB-04-intensive-exposure.yaml"
+    text = kb04.read_text(encoding="utf-8")
+    text = text.replace("cum_info: {type: quantity, default: 1000,", "cum_info: {type: quantity, default: 500,", 1)
+    kb04.write_text(re.sub(r"^version: .*$", "version: 9.0.0-candidate", text, count=1, flags=re.M), encoding="utf-8")
+    return folder
 
 
 @contextmanager

@@ -168,10 +168,15 @@ class Governance:
                 log.error("shadow evaluation failed", extra={"fields": {"error": type(exc).__name__}})
                 continue
             entries = log_entries(evaluation, (), key=self.key, rule_set=SHADOW)
+            elapsed = time.perf_counter() - started
             with self._lock:
                 self.counts.shadow_evaluated += 1
-                self.counts.shadow_ms_total += (time.perf_counter() - started) * 1000
+                self.counts.shadow_ms_total += elapsed * 1000
             self.writer.submit(CallLog(job.call, entries))
+            # Hold the shadow to its CPU share: it competes with live answers for the interpreter.
+            share = self.settings.shadow_cpu_share
+            if share < 1 and not self._stop.is_set():
+                self._stop.wait(elapsed * (1 / share - 1))
 
     # -- feedback -----------------------------------------------------------------------------------
 
