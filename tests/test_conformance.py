@@ -1162,8 +1162,9 @@ def test_E1_every_error_status_carries_an_operation_outcome(service: Service, ru
 
 @pytest.fixture
 def issued_card(service: Service) -> dict[str, Any]:
-    """A KB-02 card the service has just issued (and logged) on patient-view."""
-    return kb02_card(service.call(kb02_patient_view(service)))
+    """A KB-02 card the service has just issued (and logged) on patient-view, for a patient of its own: an
+    override snoozes the rule for that patient, which must not leak into the next test."""
+    return kb02_card(service.call(kb02_patient_view(service, pid=f"p-{uuid.uuid4().hex[:12]}")))
 
 
 def overridden(card: dict[str, Any], **reason: Any) -> dict[str, Any]:
