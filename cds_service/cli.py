@@ -114,7 +114,7 @@ def explain_cmd(patient_file: Path, hook: str, now: str | None, draft_file: Path
         when = datetime.now(UTC)  # the CLI edge may read the clock; the engine never does
     valid, problems = parse_resources(resources)
     valid_drafts, draft_problems = parse_resources(drafts if hook != "patient-view" else [])
-    record = PatientRecord(valid, drafts=valid_drafts, ordinal_codes=loaded.ruleset.ordinal_codes)
+    record = PatientRecord(valid, drafts=valid_drafts, **loaded.ruleset.record_options())
     evaluation = evaluate(loaded.ruleset, record, hook=hook, now=when)
     patient_id = record.patient_id
     cards = build_cards(evaluation, patient_id=patient_id, data_gaps=[str(p) for p in problems + draft_problems])

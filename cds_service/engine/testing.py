@@ -140,7 +140,7 @@ def evaluate_case(
     elif hook == "order-select" and case.get("selections"):
         wanted = set(case["selections"])
         drafts = [d for d in drafts if f"{d['resourceType']}/{d.get('id')}" in wanted]
-    record = PatientRecord(resources, drafts=drafts, ordinal_codes=ruleset.ordinal_codes)
+    record = PatientRecord(resources, drafts=drafts, **ruleset.record_options())
     evaluation = evaluate(ruleset, record, hook=hook, now=now)
     counter = iter(range(1, 10_000))
     cards = build_cards(evaluation, patient_id=TEST_PATIENT_ID, new_id=lambda: f"uuid-{next(counter)}")

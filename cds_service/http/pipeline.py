@@ -20,7 +20,7 @@ from cds_service.engine.evaluate import Evaluation, evaluate
 from cds_service.engine.model import MEDICATION_RESOURCES, RuleSet
 from cds_service.fhir.parse import ParseProblem, parse_resources
 from cds_service.fhir.prefetch import gather
-from cds_service.fhir.references import MEDICATION_KEY, resolve_medications
+from cds_service.fhir.references import MEDICATION_KEY, ORDER_KEY, resolve_medications, resolve_orders
 
 from .services import resource_type_of, templates_for
 
@@ -71,17 +71,26 @@ def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: da
         limits=settings.fetch_limits,
         allow_unauthenticated_fhir=settings.allow_unauthenticated_fhir,
     )
-    medications = resolve_medications(
+    orders = resolve_orders(
         gathered.resources,
         fhir_server=request.fhir_server,
         access_token=auth.access_token if auth else None,
         limits=settings.fetch_limits,
         allow_unauthenticated_fhir=settings.allow_unauthenticated_fhir,
     )
+    medications = resolve_medications(
+        gathered.resources + orders.resources,
+        fhir_server=request.fhir_server,
+        access_token=auth.access_token if auth else None,
+        limits=settings.fetch_limits,
+        allow_unauthenticated_fhir=settings.allow_unauthenticated_fhir,
+    )
     missing = dict(gathered.missing)
+    if orders.missing:
+        missing[ORDER_KEY] = orders.missing
     if medications.missing:
         missing[MEDICATION_KEY] = medications.missing
-    valid, skipped = parse_resources(gathered.resources + medications.resources)
+    valid, skipped = parse_resources(gathered.resources + orders.resources + medications.resources)
     drafts, skipped_drafts = parse_resources(drafts_to_evaluate(request))
     skipped = skipped + skipped_drafts
     if skipped:
@@ -93,9 +102,13 @@ def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: da
             unavailable.setdefault(rtype, f"{key}: {why}")
     for problem in skipped:
         unavailable.setdefault(problem.resource_type, f"{problem.resource_type}: malformed resource(s) skipped")
-    record = PatientRecord(valid, drafts=drafts, ordinal_codes=ruleset.ordinal_codes, unavailable=unavailable)
+    record = PatientRecord(valid, drafts=drafts, unavailable=unavailable, **ruleset.record_options())
     evaluation = evaluate(ruleset, record, hook=request.hook, now=now)
     gaps = [f"{key}: {reason}" for key, reason in missing.items()]
+    undosed = record.undosed_administrations(
+        [vs for vs in ruleset.valuesets.values() if vs.substance], ruleset.valuesets.get("body-weight"), now
+    )
+    gaps.extend(undosed)
     if skipped:
         gaps.append(f"{len(skipped)} FHIR resource(s) could not be read and were skipped")
     cards = build_cards(
@@ -113,6 +126,8 @@ def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: da
         extension[f"{EXT}.undecided"] = undecided
     if missing:
         extension[f"{EXT}.missingData"] = [{"key": k, "reason": v} for k, v in missing.items()]
+    if undosed:
+        extension[f"{EXT}.doseUnknown"] = undosed
     if skipped:
         extension[f"{EXT}.skippedResources"] = [
             {"resourceType": p.resource_type, **({"id": p.resource_id} if p.resource_id else {}),
@@ -139,6 +154,8 @@ def undecided_rules(evaluation: Evaluation) -> list[dict[str, Any]]:
 
 def _types_of_key(key: str) -> frozenset[str]:
     """Resource types whose data a missing key leaves incomplete (Medications: every medication event)."""
+    if key == ORDER_KEY:
+        return frozenset({"MedicationAdministration"})
     return MEDICATION_RESOURCES if key == MEDICATION_KEY else frozenset({resource_type_of(key)})
 
 
