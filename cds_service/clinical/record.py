@@ -210,8 +210,11 @@ class PatientRecord:
             return self._cache[key]
         weights = self.weights(weight_valueset)
         sessions: list[Session] = []
+        carried_out = self._carried_out_orders()
         for rtype in MEDICATION_TYPES:
             for ref, resource in self.by_type.get(rtype, ()):
+                if ref in carried_out:
+                    continue  # an order its administrations carry out: they are the exposure, not a supply
                 session = self._session(resource, ref, valueset, weights, now, planned=False)
                 if session is not None:
                     sessions.append(session)
@@ -271,6 +274,18 @@ class PatientRecord:
                 if match is not None:
                     return match
         return None
+
+    def _carried_out_orders(self) -> set[str]:
+        """References of the orders (MedicationRequest) that administrations in the record carry out."""
+        key = ("carried_out",)
+        if key not in self._cache:
+            refs = set()
+            for _, administration in self.by_type.get("MedicationAdministration", ()):
+                order = self.order_of(administration)
+                if order is not None:
+                    refs.add(order[0])
+            self._cache[key] = refs
+        return self._cache[key]
 
     def order_of(self, administration: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]] | None:
         """The MedicationRequest an administration carries out (``request``), when the record has it."""
