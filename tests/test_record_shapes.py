@@ -263,3 +263,27 @@ def test_prefetch_brings_panels_and_the_culture_and_imaging_reports(rules: RuleS
     report = templates["diagnosticReport"]
     codes = set(report.split("code=")[1].split("&")[0].split(","))
     assert codes == {"http://loinc.org|630-4", "http://loinc.org|38036-0", "http://loinc.org|25019-1"}
+
+
+# ---------------------------------------------------------------- ranges in a change from baseline
+
+
+def egfr(at: str, rid: str, **value: Any) -> dict[str, Any]:
+    code = "98979-8"
+    return {"resourceType": "Observation", "id": rid, "status": "final",
+            "code": s.loinc(code, "eGFR CKD-EPI 2021"), "subject": {"reference": "Patient/p1"},
+            "effectiveDateTime": at, **value}
+
+
+def test_a_baseline_egfr_written_as_above_90_is_still_a_baseline(rules: RuleSet) -> None:
+    baseline = egfr("-60d", "e0", valueQuantity={"value": 90, "comparator": ">", "unit": "mL/min/1.73m2"})
+    current = egfr("-2d", "e1", valueQuantity={"value": 45, "unit": "mL/min/1.73m2"})
+    assert cards(run(rules, [*s.course(), baseline, current])).get("KB-07") == "critical"  # fall ≥ 50 %
+
+
+def test_a_range_baseline_that_straddles_a_tier_leaves_it_undecided_with_the_reason(rules: RuleSet) -> None:
+    baseline = egfr("-60d", "e0", valueString=">60")
+    current = egfr("-2d", "e1", valueQuantity={"value": 45, "unit": "mL/min/1.73m2"})
+    result = result_of(run(rules, [*s.course(), baseline, current]), "KB-07")
+    assert result.fired is not None and result.fired.indicator == "warning"  # ≥ 25 % for any baseline above 60
+    assert any(">60" in note and "undecided" in note for note in result.missing), result.missing
