@@ -287,3 +287,17 @@ def test_a_range_baseline_that_straddles_a_tier_leaves_it_undecided_with_the_rea
     result = result_of(run(rules, [*s.course(), baseline, current]), "KB-07")
     assert result.fired is not None and result.fired.indicator == "warning"  # ≥ 25 % for any baseline above 60
     assert any(">60" in note and "undecided" in note for note in result.missing), result.missing
+
+
+def test_resolved_uti_episodes_still_count_as_recurrent_culture_negative_utis(rules: RuleSet) -> None:
+    def uti(rid: str, day: int) -> dict[str, Any]:
+        return {"resourceType": "Condition", "id": rid, "subject": {"reference": "Patient/p1"},
+                "clinicalStatus": {"coding": [{"system": s.CLINICAL, "code": "resolved"}]},
+                "code": {"coding": [{"system": s.SNOMED, "code": "68566005"}]}, "onsetDateTime": f"{day}d",
+                "abatementDateTime": f"{day + 7}d"}
+
+    def culture(rid: str, day: int) -> dict[str, Any]:
+        return s.culture_report(at=f"{day}d", rid=rid)
+
+    data = [*s.course(), uti("u1", -35), culture("c1", -35), uti("u2", -15), culture("c2", -15)]
+    assert cards(run(rules, data)).get("KB-03") == "warning"
