@@ -133,7 +133,8 @@ def infusion_dose_on_order(b: PatientBuilder) -> Outcome:
         b.add({"resourceType": "MedicationAdministration", "id": b.rid("MedicationAdministration"),
                "status": "completed", "medicationCodeableConcept": MEDICATIONS["ketamine-50"],
                "subject": b.subject(), "effectivePeriod": {"start": iso(start), "end": iso(start + timedelta(hours=8))},
-               "request": {"reference": f"MedicationRequest/{order['id']}"}})
+               "request": {"reference": f"MedicationRequest/{order['id']}"},
+               "dosage": {"route": {"text": "intravenous"}}})  # the route only: dose and rate are on the order
     b.draft("ketamine-50", b.day(b.randint(1, 3), 8), text=f"Ketamine {rate} mg/h IV for 8 hours",
             route="intravenous", rate=qty(rate, "mg/h"), duration_h=8, reason="chronic-pain")
     return Outcome(
