@@ -22,6 +22,7 @@ from cds_service.http.auth import install_auth
 from cds_service.http.context import EXTENSION, ServiceContext, wall_clock
 from cds_service.http.cors import install_cors
 from cds_service.http.errors import register_error_handlers
+from cds_service.http.metrics import install_metrics
 from cds_service.rules_state import RulesState
 from cds_service.store import Store
 
@@ -56,6 +57,7 @@ def create_app(
     for blueprint in (discovery.bp, hooks.bp, feedback.bp, health.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
+    install_metrics(app, rules_state)  # before auth: refused calls are counted too
     install_cors(app, settings.cors_origins)
     _install_access_log(app, settings)  # before auth: refused calls are logged too
     install_auth(app, settings)  # JWT on discovery, service and feedback URLs when settings.auth.enabled

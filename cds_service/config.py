@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cds_service.fhir.client import FetchLimits
+from cds_service.security.urls import url_problem
 
 ENV_PREFIX = "KBLADDER_"
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -67,6 +68,9 @@ def _check_url(value: str, where: tuple[str | int, ...], *, what: str) -> str:
         raise ConfigError(f"{what}: https is required (http only for loopback)", where)
     if parts.query or parts.fragment:
         raise ConfigError(f"{what}: no query or fragment allowed", where)
+    refused = url_problem(value)  # what the HTTP client would fetch must be what was configured
+    if refused is not None:
+        raise ConfigError(f"{what}: {refused}", where)
     return value.rstrip("/")
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from cds_service.security.urls import url_problem
+
 from .hooks import HOOKS, HookDefinition
 from .outcome import operation_outcome
 
@@ -320,8 +322,10 @@ def parse_hook_request(
             selections = _parse_selections(context["selections"], draft_orders, full_urls)
 
     fhir_server = request.get("fhirServer")
-    if fhir_server is not None and not is_absolute_http_url(fhir_server):
-        raise RequestError("fhirServer", "expected an absolute http(s) URL")
+    if fhir_server is not None:
+        refused = url_problem(fhir_server)  # the same judge as every outbound call (security/urls.py)
+        if refused is not None:
+            raise RequestError("fhirServer", f"expected an absolute http(s) URL ({refused})")
     if require_https and isinstance(fhir_server, str) and not fhir_server.lower().startswith("https:"):
         raise RequestError("fhirServer", "expected an https URL")
 

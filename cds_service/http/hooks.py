@@ -22,6 +22,7 @@ from cds_service.fhir.prefetch import PrefetchUnavailable
 from .body import read_json
 from .context import service_context
 from .errors import error_response
+from .metrics import count_decision
 from .pipeline import card_issues, run_hook
 
 log = logging.getLogger("cds_service.http")
@@ -59,10 +60,12 @@ def invoke(service_id: str) -> Response:
     try:
         outcome = run_hook(request, ruleset, ctx.settings, ctx.clock())
     except PrefetchUnavailable as exc:
+        count_decision([], None, {key: "no FHIR server access" for key in exc.keys})
         # One expression per prefetch key we needed and could neither find nor fetch (P7).
         return error_response(412, "prefetch missing and no FHIR server access",
                               expression=[f"prefetch.{key}" for key in exc.keys] or ["prefetch"])
     g.cards = len(outcome.cards)
+    count_decision(outcome.cards, outcome.evaluation, outcome.missing)
     log.info("hook answered", extra={"fields": {
         "hook": request.hook, "hookInstance": request.hook_instance, "service": service.id,
         "cards": len(outcome.cards), "missing": sorted(outcome.missing), "skipped": len(outcome.skipped),

@@ -35,6 +35,7 @@ class HookOutcome:
     missing: dict[str, str] = field(default_factory=dict)
     skipped: list[ParseProblem] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
+    evaluation: Evaluation | None = None
 
 
 def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: datetime) -> HookOutcome:
@@ -120,7 +121,7 @@ def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: da
     if extension:
         extension[f"{EXT}.ruleSetVersion"] = ruleset.version
         body["extension"] = extension
-    return HookOutcome(body, cards, missing, skipped, dict(gathered.sources))
+    return HookOutcome(body, cards, missing, skipped, dict(gathered.sources), evaluation)
 
 
 def undecided_rules(evaluation: Evaluation) -> list[dict[str, Any]]:
