@@ -7,7 +7,8 @@ are the FHIR server (through ``gather``) and the clock (``now`` is read once, by
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +18,7 @@ from cds_service.config import Settings
 from cds_service.engine.cards import EXT, CardSettings, build_cards
 from cds_service.engine.evaluate import Evaluation, evaluate
 from cds_service.engine.model import MEDICATION_RESOURCES, RuleSet
+from cds_service.fhir.client import FetchLimits
 from cds_service.fhir.parse import ParseProblem, parse_resources
 from cds_service.fhir.prefetch import gather
 from cds_service.fhir.references import MEDICATION_KEY, ORDER_KEY, resolve_medications, resolve_orders
@@ -44,6 +46,7 @@ def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: da
     Raises ``PrefetchUnavailable`` (→ 412) when data is missing and there is no FHIR access.
     """
     auth = request.fhir_authorization
+    started = time.monotonic()
     gathered = gather(
         templates_for(ruleset, request.hook),
         request.prefetch,
@@ -53,18 +56,19 @@ def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: da
         limits=settings.fetch_limits,
         allow_unauthenticated_fhir=settings.allow_unauthenticated_fhir,
     )
+    # Follow-up reads (orders, then their and the events' Medications) share what is left of the one budget.
     orders = resolve_orders(
         gathered.resources,
         fhir_server=request.fhir_server,
         access_token=auth.access_token if auth else None,
-        limits=settings.fetch_limits,
+        limits=_remaining(settings.fetch_limits, started),
         allow_unauthenticated_fhir=settings.allow_unauthenticated_fhir,
     )
     medications = resolve_medications(
         gathered.resources + orders.resources,
         fhir_server=request.fhir_server,
         access_token=auth.access_token if auth else None,
-        limits=settings.fetch_limits,
+        limits=_remaining(settings.fetch_limits, started),
         allow_unauthenticated_fhir=settings.allow_unauthenticated_fhir,
     )
     missing = dict(gathered.missing)
@@ -134,6 +138,13 @@ def undecided_rules(evaluation: Evaluation) -> list[dict[str, Any]]:
             entry["reason"] = result.reason
         out.append(entry)
     return out
+
+
+def _remaining(limits: FetchLimits, started: float) -> FetchLimits:
+    """The limits with the time budget cut to what this hook call has left (never below a token 50 ms)."""
+    left = limits.time_budget_s - (time.monotonic() - started)
+    return replace(limits, time_budget_s=max(0.05, left), request_timeout_s=min(limits.request_timeout_s,
+                                                                                  max(0.05, left)))
 
 
 def _types_of_key(key: str) -> frozenset[str]:
