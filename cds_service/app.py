@@ -73,7 +73,8 @@ def patient_hash(key: bytes, patient_id: str) -> str:
 
 
 def _install_access_log(app: Flask, settings: Settings) -> None:
-    """One JSON line per request: method, path, status, ms (never headers, query values or bodies)."""
+    """One JSON line per request: method, path, status, ms, the rules that fired (never headers, query values
+    or bodies)."""
     # Without a configured key each process draws its own: hashes still correlate one worker's calls.
     app.extensions[LOG_KEY] = (settings.log_hash_key or "").encode("utf-8") or secrets.token_bytes(32)
 
@@ -96,6 +97,7 @@ def _install_access_log(app: Flask, settings: Settings) -> None:
             fields["patient"] = patient_hash(app.extensions[LOG_KEY], g.patient_id)
         if g.get("cards") is not None:
             fields["cards"] = g.cards
+            fields["rules"] = g.get("rules_fired") or []  # which rules fired: ids only, never their data
         client = g.get("client")
         if client is not None:  # who called (iss, tenant, jti may be logged; the JWT never is)
             fields["iss"] = client.issuer.iss

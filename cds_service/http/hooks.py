@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.cdshooks import SERVICES, parse_hook_request
 from cds_service.config import is_loopback_host
+from cds_service.engine.evaluate import FIRED, SUPPRESSED, Evaluation
 from cds_service.fhir.prefetch import PrefetchUnavailable
 
 from .body import read_json
@@ -65,6 +66,7 @@ def invoke(service_id: str) -> Response:
         return error_response(412, "prefetch missing and no FHIR server access",
                               expression=[f"prefetch.{key}" for key in exc.keys] or ["prefetch"])
     g.cards = len(outcome.cards)
+    g.rules_fired = fired_rules(outcome.evaluation)
     count_decision(outcome.cards, outcome.evaluation, outcome.missing)
     log.info("hook answered", extra={"fields": {
         "hook": request.hook, "hookInstance": request.hook_instance, "service": service.id,
@@ -101,3 +103,10 @@ def prefetch_entries(prefetch: object) -> int:
             entries = value.get("entry") if value.get("resourceType") == "Bundle" else None
             total += len(entries) if isinstance(entries, list) else 1
     return total
+
+
+def fired_rules(evaluation: Evaluation | None) -> list[str]:
+    """Ids of the rules that fired (shown, silent or suppressed alike): rule ids name no patient."""
+    if evaluation is None:
+        return []
+    return sorted({r.rule.id for r in evaluation.results if r.status in (FIRED, SUPPRESSED)})

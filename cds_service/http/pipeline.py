@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -17,6 +18,7 @@ from cds_service.clinical.record import PatientRecord
 from cds_service.config import Settings
 from cds_service.engine.cards import EXT, CardSettings, build_cards
 from cds_service.engine.evaluate import Evaluation, evaluate
+from cds_service.engine.incomplete import incomplete_checks_card
 from cds_service.engine.model import MEDICATION_RESOURCES, RuleSet
 from cds_service.fhir.client import FetchLimits
 from cds_service.fhir.parse import ParseProblem, parse_resources
@@ -99,11 +101,14 @@ def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: da
     gaps.extend(undosed)
     if skipped:
         gaps.append(f"{len(skipped)} FHIR resource(s) could not be read and were skipped")
+    incomplete = incomplete_checks_card(evaluation, _unavailable_data(missing, skipped, undosed))
     cards = build_cards(
         evaluation,
         patient_id=request.patient_id,
         data_gaps=gaps,
         max_cards=settings.max_cards,
+        compose=True,
+        extra=[incomplete] if incomplete else [],
         settings=CardSettings(source_label=settings.source_label),
     )
 
@@ -145,6 +150,28 @@ def _remaining(limits: FetchLimits, started: float) -> FetchLimits:
     left = limits.time_budget_s - (time.monotonic() - started)
     return replace(limits, time_budget_s=max(0.05, left), request_timeout_s=min(limits.request_timeout_s,
                                                                                   max(0.05, left)))
+
+
+def _unavailable_data(
+    missing: Mapping[str, str], skipped: list[ParseProblem], undosed: Sequence[str] = ()
+) -> dict[str, str]:
+    """Resource type → why, as the incomplete-checks card words it (``Medication`` for unread products).
+
+    Administrations whose dose is known nowhere (not on them, not on their order) are data the dose checks
+    lacked: the card says how many.
+    """
+    out: dict[str, str] = {}
+    for key, why in missing.items():
+        rtype = {MEDICATION_KEY: "Medication", ORDER_KEY: "MedicationRequest"}.get(key) or resource_type_of(key)
+        out.setdefault(rtype, f"could not be retrieved ({why})")
+    bad: dict[str, int] = {}
+    for problem in skipped:
+        bad[problem.resource_type] = bad.get(problem.resource_type, 0) + 1
+    for rtype, count in bad.items():
+        out.setdefault(rtype, f"{count} could not be read (malformed) and {'were' if count > 1 else 'was'} skipped")
+    if undosed:
+        out.setdefault("MedicationAdministration", "; ".join(undosed))
+    return out
 
 
 def _types_of_key(key: str) -> frozenset[str]:
