@@ -19,6 +19,7 @@ from cds_service.clinical.record import PatientRecord
 from cds_service.decision.catalog import resource_type_of
 from cds_service.engine.cards import EXT, CardSettings, build_cards
 from cds_service.engine.evaluate import Evaluation, evaluate
+from cds_service.engine.incomplete import incomplete_checks_card
 from cds_service.engine.model import MEDICATION_RESOURCES, RuleSet
 from cds_service.fhir.parse import ParseProblem, parse_resources
 from cds_service.fhir.references import MEDICATION_KEY
@@ -46,6 +47,22 @@ class Decision:
     gaps: list[str] = field(default_factory=list)
     missing: dict[str, str] = field(default_factory=dict)
     skipped: list[ParseProblem] = field(default_factory=list)
+    patient_id: str | None = None
+    card_settings: CardSettings = DEFAULT_CARD_SETTINGS
+    new_id: Callable[[], str] = field(default=lambda: str(uuid.uuid4()), repr=False)
+
+    def cards_per_rule(self) -> list[dict[str, Any]]:
+        """One card per fired rule, before composition (merging a topic, folding, the incomplete-checks card).
+
+        What a rule test asserts on: the rule's own card. ``cards`` is what the service answers.
+        """
+        return build_cards(
+            self.evaluation,
+            patient_id=self.patient_id,
+            data_gaps=self.gaps,
+            settings=self.card_settings,
+            new_id=self.new_id,
+        )
 
     def card_issues(self) -> list[tuple[str, str, str, str]]:
         """(card uuid, rule id, rule version, indicator) of each card, for the store's issue log."""
@@ -95,16 +112,20 @@ def decide(
     gaps = [f"{key}: {reason}" for key, reason in missing.items()]
     if skipped:
         gaps.append(f"{len(skipped)} FHIR resource(s) could not be read and were skipped")
+    patient_id = patient_id if patient_id is not None else record.patient_id
+    incomplete = incomplete_checks_card(evaluation, unavailable_data(missing, skipped))
     cards = build_cards(
         evaluation,
-        patient_id=patient_id if patient_id is not None else record.patient_id,
+        patient_id=patient_id,
         data_gaps=gaps,
         max_cards=max_cards,
+        compose=True,
+        extra=[incomplete] if incomplete else [],
         settings=card_settings,
         new_id=new_id,
     )
     body = response_body(ruleset, evaluation, cards, missing, skipped)
-    return Decision(evaluation, record, cards, body, gaps, missing, skipped)
+    return Decision(evaluation, record, cards, body, gaps, missing, skipped, patient_id, card_settings, new_id)
 
 
 def response_body(
@@ -142,6 +163,20 @@ def undecided_rules(evaluation: Evaluation) -> list[dict[str, Any]]:
         if result.reason == "not fired on partial data":
             entry["reason"] = result.reason
         out.append(entry)
+    return out
+
+
+def unavailable_data(missing: Mapping[str, str], skipped: Sequence[ParseProblem]) -> dict[str, str]:
+    """Resource type → why, as the incomplete-checks card words it (``Medication`` for unread products)."""
+    out: dict[str, str] = {}
+    for key, why in missing.items():
+        rtype = "Medication" if key == MEDICATION_KEY else resource_type_of(key)
+        out.setdefault(rtype, f"could not be retrieved ({why})")
+    bad: dict[str, int] = {}
+    for problem in skipped:
+        bad[problem.resource_type] = bad.get(problem.resource_type, 0) + 1
+    for rtype, count in bad.items():
+        out.setdefault(rtype, f"{count} could not be read (malformed) and {'were' if count > 1 else 'was'} skipped")
     return out
 
 

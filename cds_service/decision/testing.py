@@ -160,7 +160,7 @@ def run_case(
     result: CaseResult,
 ) -> None:
     decision, problems = decide_case(ruleset, located, path, case, now_text)
-    evaluation, cards = decision.evaluation, decision.cards
+    evaluation, cards = decision.evaluation, decision.cards_per_rule()
     for problem in problems:
         result.failures.append(f"test data is not valid FHIR: {problem}")
     expect = case["expect"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from cds_service.clinical import exposure as ex
@@ -349,9 +350,23 @@ CHANGE = Block(
 )
 
 
+ENDED_STATUS = frozenset({"resolved", "inactive", "remission"})
+
+
+def _ongoing_at(condition: Finding, when: datetime) -> bool:
+    """Was this Condition still present at ``when``: abated later, or not recorded as ended at all."""
+    if condition.end is not None:
+        return condition.end >= when
+    return condition.status not in ENDED_STATUS
+
+
 @dataclass(frozen=True, slots=True)
 class NewSince:
-    """A finding in the window whose class had no record in the lookback before the course."""
+    """A finding in the window whose class had no record in the lookback before the course.
+
+    A problem still active when the lookback began (a Condition with an earlier onset that had not
+    abated) was there before the course too, however old its onset: it is not new (issue 11 B9).
+    """
 
     data: str
     window: Window | None
@@ -370,6 +385,10 @@ class NewSince:
         prior_from = start - self.before
         classes_before = {
             self._class(f, data) for f in ctx.findings(self.data) if f.time and prior_from <= f.time < start
+        } | {
+            self._class(f, data)
+            for f in ctx.record.findings(data.valueset, data.resources)
+            if f.resource_type == "Condition" and f.time and f.time < prior_from and _ongoing_at(f, prior_from)
         }
         new = [
             f
@@ -423,6 +442,7 @@ NEW = Block(
         },
     },
     usage="new: {data, window, before_course: P365D, by: kind}",
-    true_when="a finding whose class was absent in the year before the course",
+    true_when="a finding whose class was absent in the year before the course (a Condition still active when "
+    "that year began, whatever its onset, counts as present)",
     value="how many",
 )
