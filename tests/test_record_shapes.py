@@ -14,10 +14,10 @@ import shapes as s
 from rulekit import NOW, RULES, record, result_of, run
 
 from cds_service.clinical.findings import Bounds, Value, bounds_hold, event_time, quantity_of_text, value_of
+from cds_service.decision.catalog import build_templates
 from cds_service.engine.evaluate import Evaluation
 from cds_service.engine.loader import load_ruleset
 from cds_service.engine.model import RuleSet
-from cds_service.http.services import build_templates
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from cds_service.cdshooks import HOOKS, SERVICES, template_problems
 from cds_service.clinical.results import PANEL_VALUESET, REPORT_VALUESETS
 from cds_service.engine.model import MEDICATION_RESOURCES, RuleSet
 
-log = logging.getLogger("cds_service.http")
+log = logging.getLogger("cds_service.decision")
 
 PATIENT_KEY = "patient"
 COUNT = 1000
