@@ -18,14 +18,14 @@ from flask import Flask, Response, g, request
 from cds_service.config import Settings
 from cds_service.governance.decisionlog import keyed_hash
 from cds_service.governance.service import Governance
-from cds_service.http import discovery, feedback, health, hooks
+from cds_service.http import discovery, feedback, health, hooks, openapi
 from cds_service.http.auth import install_auth
 from cds_service.http.context import EXTENSION, ServiceContext, wall_clock
 from cds_service.http.cors import install_cors
 from cds_service.http.errors import register_error_handlers
 from cds_service.http.metrics import install_metrics
 from cds_service.rules_state import RulesState
-from cds_service.store import Store
+from cds_service.store import ServiceStore, Store
 
 access_log = logging.getLogger("cds_service.access")
 
@@ -34,7 +34,7 @@ def create_app(
     settings: Settings | None = None,
     *,
     rules_state: RulesState | None = None,
-    store: Store | None = None,
+    store: ServiceStore | None = None,
     clock: Callable[[], datetime] = wall_clock,
 ) -> Flask:
     """A ready Flask app. Without *rules_state*/*store*, they are built from *settings* (polling on).
@@ -66,7 +66,7 @@ def create_app(
     atexit.register(governance.close)  # gunicorn workers exit through here on SIGTERM: flush the log
     app.extensions[LOG_KEY] = key
     app.extensions[EXTENSION] = ServiceContext(settings, rules_state, store, clock, governance)
-    for blueprint in (discovery.bp, hooks.bp, feedback.bp, health.bp):
+    for blueprint in (discovery.bp, hooks.bp, feedback.bp, health.bp, openapi.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
     install_metrics(app, rules_state)  # before auth: refused calls are counted too

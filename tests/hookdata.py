@@ -111,7 +111,7 @@ def draft_order(rid: str, medication: dict[str, Any], pid: str = "p1") -> dict[s
 def prefetch(*resources: dict[str, Any], pid: str = "p1", omit: tuple[str, ...] = ()) -> dict[str, Any]:
     """A full prefetch for our templates, resources sorted into their keys."""
     keys = {"medicationAdministration": [], "medicationRequest": [], "medicationStatement": [],
-            "observation": [], "condition": [], "allergyIntolerance": []}
+            "observation": [], "condition": [], "allergyIntolerance": [], "diagnosticReport": []}
     for resource in resources:
         rtype = resource["resourceType"]
         keys[rtype[:1].lower() + rtype[1:]].append(resource)

@@ -16,6 +16,7 @@ from flask import Blueprint, Response, g
 
 from cds_service.cdshooks import SERVICES, parse_hook_request
 from cds_service.config import is_loopback_host
+from cds_service.decision.call import run_hook
 from cds_service.engine.evaluate import FIRED, SUPPRESSED, Evaluation
 from cds_service.fhir.prefetch import PrefetchUnavailable
 
@@ -23,7 +24,6 @@ from .body import read_json
 from .context import service_context
 from .errors import error_response
 from .metrics import count_decision
-from .pipeline import card_issues, run_hook
 
 log = logging.getLogger("cds_service.http")
 
@@ -68,20 +68,21 @@ def invoke(service_id: str) -> Response:
         # One expression per prefetch key we needed and could neither find nor fetch (P7).
         return error_response(412, "prefetch missing and no FHIR server access",
                               expression=[f"prefetch.{key}" for key in exc.keys] or ["prefetch"])
-    g.cards = len(outcome.cards)
-    g.rules_fired = fired_rules(outcome.evaluation)
-    count_decision(outcome.cards, outcome.evaluation, outcome.missing)
+    decision = outcome.decision
+    g.cards = len(decision.cards)
+    g.rules_fired = fired_rules(decision.evaluation)
+    count_decision(decision.cards, decision.evaluation, decision.missing)
     log.info("hook answered", extra={"fields": {
         "hook": request.hook, "hookInstance": request.hook_instance, "service": service.id,
-        "cards": len(outcome.cards), "missing": sorted(outcome.missing), "skipped": len(outcome.skipped),
-        "sources": outcome.sources, "rulesVersion": ruleset.version, "suppressed": sorted(outcome.held),
+        "cards": len(decision.cards), "missing": sorted(decision.missing), "skipped": len(decision.skipped),
+        "sources": outcome.sources, "rulesVersion": ruleset.version, "suppressed": sorted(decision.held),
         "ms": round((time.monotonic() - started) * 1000, 1)}})
 
     # The card issue log and the decision log go to the background writer: never on the answer's path.
-    if governance is not None and call is not None and outcome.evaluation is not None:
-        governance.record(call, outcome.evaluation, outcome.cards, outcome.held, card_issues(outcome.cards),
-                          outcome.record)
-    return Response(orjson.dumps(outcome.body), mimetype="application/json")  # the JSON floor's encoder
+    if governance is not None and call is not None:
+        governance.record(call, decision.evaluation, decision.cards, decision.held, decision.card_issues(),
+                          decision.record)
+    return Response(orjson.dumps(decision.body), mimetype="application/json")  # the JSON floor's encoder
 
 
 def fhir_server_problem(fhir_server: str, client: object) -> str | None:
