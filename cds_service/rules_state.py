@@ -119,7 +119,10 @@ class RulesState:
                     ruleset = None
             if ruleset is not None:
                 if old.ruleset is not None:
-                    _log_prefetch_change(old.ruleset, ruleset)
+                    try:  # a log line must never keep a good set from going live
+                        _log_prefetch_change(old.ruleset, ruleset)
+                    except Exception:
+                        log.exception("could not compare prefetch templates")
                 self._current = RulesSnapshot(ruleset, now, warnings=tuple(warnings))
                 log.info("rules loaded: %d rule(s), version %s", len(ruleset.rules), ruleset.version)
                 return True
@@ -188,7 +191,7 @@ class RulesState:
 
 def _log_prefetch_change(old: RuleSet, new: RuleSet) -> None:
     """EHRs cache discovery: a change of the prefetch templates must be visible in the log."""
-    from cds_service.http.services import templates_for
+    from cds_service.decision.catalog import templates_for
 
     for hook in sorted({h for rule in (*old.rules, *new.rules) for h in rule.hooks}):
         before, after = templates_for(old, hook), templates_for(new, hook)
