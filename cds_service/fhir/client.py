@@ -93,7 +93,10 @@ def bundle_resources(bundle: Mapping[str, Any]) -> tuple[list[dict[str, Any]], s
     """
     resources: list[dict[str, Any]] = []
     error = None
-    for entry in bundle.get("entry") or []:
+    entries = bundle.get("entry")
+    if entries is not None and not isinstance(entries, list):
+        return [], "Bundle.entry is not an array"
+    for entry in entries or []:
         if not isinstance(entry, Mapping) or not isinstance(entry.get("resource"), dict):
             continue
         resource = entry["resource"]
@@ -107,7 +110,8 @@ def bundle_resources(bundle: Mapping[str, Any]) -> tuple[list[dict[str, Any]], s
 
 def next_link(bundle: Mapping[str, Any]) -> str | None:
     """URL of Bundle.link[relation=next], if any."""
-    for link in bundle.get("link") or []:
+    links = bundle.get("link")
+    for link in links if isinstance(links, list) else []:
         if isinstance(link, Mapping) and link.get("relation") == "next" and isinstance(link.get("url"), str):
             return link["url"]
     return None

@@ -156,8 +156,10 @@ def _read_prefetch_value(value: Any) -> tuple[list[dict[str, Any]], str | None, 
     if value["resourceType"] != "Bundle":  # a read
         return [value], None, None
     resources, error = bundle_resources(value)
-    if error:  # the client says this search failed: don't re-query blindly (P4)
+    if error and error.startswith("OperationOutcome"):  # the client says this search failed: don't re-query (P4)
         return resources, "prefetch OperationOutcome", None
+    if error:
+        return resources, f"invalid prefetch value ({error})", None
     return resources, None, next_link(value)
 
 

@@ -61,8 +61,9 @@ def resolve_medications(
     query = f"Medication?_id={','.join(ids[:_MAX_IDS])}&_count={min(len(ids), _MAX_IDS)}"
     with client_factory(fhir_server, access_token or None, limits=limits) as client:
         result = client.fetch(MEDICATION_KEY, query)
+    # Not yet checked as FHIR (the caller does that next): read ids defensively.
     found = [r for r in result.resources if r.get("resourceType") == "Medication"]
-    unknown = len(set(ids) - {r.get("id") for r in found})
+    unknown = len(set(ids) - {r.get("id") for r in found if isinstance(r.get("id"), str)})
     if result.error:
         return ResolvedMedications(found, f"referenced Medications: {result.error}")
     if unknown:

@@ -52,8 +52,10 @@ def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: da
         limits=settings.fetch_limits,
         allow_unauthenticated_fhir=settings.allow_unauthenticated_fhir,
     )
+    # Check FHIR first: every reader downstream, the Medication references included, sees valid resources only.
+    valid, skipped = parse_resources(gathered.resources)
     medications = resolve_medications(
-        gathered.resources,
+        valid,
         fhir_server=request.fhir_server,
         access_token=auth.access_token if auth else None,
         limits=settings.fetch_limits,
@@ -62,7 +64,8 @@ def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: da
     missing = dict(gathered.missing)
     if medications.missing:
         missing[MEDICATION_KEY] = medications.missing
-    valid, skipped = parse_resources(gathered.resources + medications.resources)
+    valid_medications, skipped_medications = parse_resources(medications.resources)
+    valid, skipped = valid + valid_medications, skipped + skipped_medications
     drafts, skipped_drafts = parse_resources(
         drafts_to_evaluate(request.hook, request.draft_orders, request.selections, request.draft_urls)
     )
