@@ -24,6 +24,7 @@ from cds_service.http.cors import install_cors
 from cds_service.http.errors import register_error_handlers
 from cds_service.rules_state import RulesState
 from cds_service.store import Store
+from cds_service.store.outage import OUTAGE, StoreOutage
 
 access_log = logging.getLogger("cds_service.access")
 
@@ -53,6 +54,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     app.json.sort_keys = False  # keep card fields in the order the spec lists them
     app.extensions[EXTENSION] = ServiceContext(settings, rules_state, store, clock)
+    app.extensions[OUTAGE] = StoreOutage()  # how the service keeps advising while the store is down
     for blueprint in (discovery.bp, hooks.bp, feedback.bp, health.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
