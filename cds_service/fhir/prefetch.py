@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from .client import FetchLimits, FhirClient, QueryResult, bundle_resources, is_read, next_link
+from .client import CallBudget, FetchLimits, FhirClient, QueryResult, bundle_resources, is_read, next_link
 
 log = logging.getLogger("cds_service.fhir")
 
@@ -98,11 +98,13 @@ def gather(
     limits: FetchLimits,
     allow_unauthenticated_fhir: bool = False,
     client_factory: Callable[..., FhirClient] = FhirClient,
+    budget: CallBudget | None = None,
 ) -> GatheredData:
     """Data for every template key, from prefetch where given, else from the FHIR server.
 
     Raises PrefetchUnavailable when keys are absent from the prefetch and FHIR access is not possible.
-    `client_factory(fhir_server, access_token, limits=limits)` makes the client (e.g. with a shared session).
+    `client_factory(fhir_server, access_token, limits=limits, budget=budget)` makes the client (e.g. with a
+    shared session); *budget* is the hook call's one deadline and byte allowance (``CallBudget``).
     """
     prefetch = prefetch if isinstance(prefetch, Mapping) else {}
     can_fetch = bool(fhir_server) and (bool(access_token) or allow_unauthenticated_fhir)
@@ -132,7 +134,7 @@ def gather(
     if to_fetch and not can_fetch:
         raise PrefetchUnavailable(list(to_fetch))
     if fhir_server and (to_fetch or to_continue):  # both imply can_fetch
-        with client_factory(fhir_server, access_token or None, limits=limits) as client:
+        with client_factory(fhir_server, access_token or None, limits=limits, budget=budget) as client:
             results = client.fetch_all({**to_fetch, **to_continue})
         for key, result in results.items():
             read = is_read(to_fetch.get(key, ""))

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .client import FetchLimits, FhirClient
+from .client import CallBudget, FetchLimits, FhirClient
 
 MEDICATION_KEY = "medication"
 _MEDICATION_TYPES = frozenset({"MedicationAdministration", "MedicationRequest", "MedicationStatement",
@@ -51,15 +51,20 @@ def resolve_medications(
     limits: FetchLimits,
     allow_unauthenticated_fhir: bool = False,
     client_factory: Callable[..., FhirClient] = FhirClient,
+    budget: CallBudget | None = None,
 ) -> ResolvedMedications:
-    """The referenced Medications that are missing from *resources*, fetched when possible."""
+    """The referenced Medications that are missing from *resources*, fetched when possible.
+
+    Pass the hook call's *budget*: the read then gets what is left of the call's time and bytes, not a fresh
+    allowance of its own.
+    """
     ids = referenced_medication_ids(resources)
     if not ids:
         return ResolvedMedications()
     if not fhir_server or not (access_token or allow_unauthenticated_fhir):
         return ResolvedMedications(missing=f"{len(ids)} referenced Medication(s) not available (no FHIR access)")
     query = f"Medication?_id={','.join(ids[:_MAX_IDS])}&_count={min(len(ids), _MAX_IDS)}"
-    with client_factory(fhir_server, access_token or None, limits=limits) as client:
+    with client_factory(fhir_server, access_token or None, limits=limits, budget=budget) as client:
         result = client.fetch(MEDICATION_KEY, query)
     # Not yet checked as FHIR (the caller does that next): read ids defensively.
     found = [r for r in result.resources if r.get("resourceType") == "Medication"]

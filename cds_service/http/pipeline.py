@@ -17,6 +17,7 @@ from cds_service.config import Settings
 from cds_service.engine.cards import EXT, CardSettings, build_cards
 from cds_service.engine.evaluate import Evaluation, evaluate
 from cds_service.engine.model import MEDICATION_RESOURCES, RuleSet
+from cds_service.fhir.client import CallBudget
 from cds_service.fhir.parse import ParseProblem, parse_resources
 from cds_service.fhir.prefetch import gather
 from cds_service.fhir.references import MEDICATION_KEY, resolve_medications
@@ -43,6 +44,7 @@ def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: da
     Raises ``PrefetchUnavailable`` (→ 412) when data is missing and there is no FHIR access.
     """
     auth = request.fhir_authorization
+    budget = CallBudget(settings.fetch_limits)  # ONE deadline and byte allowance for all FHIR reads of this call
     gathered = gather(
         templates_for(ruleset, request.hook),
         request.prefetch,
@@ -51,6 +53,7 @@ def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: da
         access_token=auth.access_token if auth else None,
         limits=settings.fetch_limits,
         allow_unauthenticated_fhir=settings.allow_unauthenticated_fhir,
+        budget=budget,
     )
     # Check FHIR first: every reader downstream, the Medication references included, sees valid resources only.
     valid, skipped = parse_resources(gathered.resources)
@@ -60,6 +63,7 @@ def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: da
         access_token=auth.access_token if auth else None,
         limits=settings.fetch_limits,
         allow_unauthenticated_fhir=settings.allow_unauthenticated_fhir,
+        budget=budget,
     )
     missing = dict(gathered.missing)
     if medications.missing:
