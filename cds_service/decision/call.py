@@ -20,7 +20,7 @@ from cds_service.engine.model import RuleSet
 from cds_service.fhir.client import CallBudget
 from cds_service.fhir.parse import parse_resources
 from cds_service.fhir.prefetch import gather
-from cds_service.fhir.references import MEDICATION_KEY, resolve_medications
+from cds_service.fhir.references import MEDICATION_KEY, ORDER_KEY, resolve_medications, resolve_orders
 
 log = logging.getLogger("cds_service.decision")
 
@@ -58,9 +58,11 @@ def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: da
         allow_unauthenticated_fhir=settings.allow_unauthenticated_fhir,
         budget=budget,
     )
-    # Medication references are read from checked resources only (decide() reports the skipped ones).
+    # Follow-up reads (the orders administrations carry out, then the Medications events and orders name)
+    # take what is left of the call's ONE budget, and read references from checked resources only
+    # (decide() reports the skipped ones).
     valid, _ = parse_resources(gathered.resources)
-    medications = resolve_medications(
+    orders = resolve_orders(
         valid,
         fhir_server=request.fhir_server,
         access_token=auth.access_token if auth else None,
@@ -68,12 +70,23 @@ def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: da
         allow_unauthenticated_fhir=settings.allow_unauthenticated_fhir,
         budget=budget,
     )
+    checked_orders, _ = parse_resources(orders.resources)
+    medications = resolve_medications(
+        valid + checked_orders,
+        fhir_server=request.fhir_server,
+        access_token=auth.access_token if auth else None,
+        limits=settings.fetch_limits,
+        allow_unauthenticated_fhir=settings.allow_unauthenticated_fhir,
+        budget=budget,
+    )
     missing = dict(gathered.missing)
+    if orders.missing:
+        missing[ORDER_KEY] = orders.missing
     if medications.missing:
         missing[MEDICATION_KEY] = medications.missing
     decision = decide(
         ruleset,
-        gathered.resources + medications.resources,
+        gathered.resources + orders.resources + medications.resources,
         hook=request.hook,
         now=now,
         patient_id=request.patient_id,
@@ -91,3 +104,4 @@ def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: da
             "; ".join(map(str, decision.skipped[:10])),
         )
     return HookOutcome(decision, dict(gathered.sources))
+
