@@ -1,6 +1,6 @@
 """One hook call without HTTP: gather the data (prefetch, else the EHR's FHIR server) → decide → response.
 
-The Flask view (http/hooks.py) and the warm-up (warmup.py) call :func:`run_hook`; it touches the FHIR
+The Flask view (http/calls.py) and the warm-up (warmup.py) call :func:`run_hook`; it touches the FHIR
 server through ``gather``/``resolve_medications`` and never the clock (``now`` is read by the caller).
 """
 

@@ -55,7 +55,7 @@ from cds_service.engine.model import (
     DataRequirement,
     Link,
     Ordinal,
-    OverrideReason,
+    OverrideOption,
     Parameter,
     Quantity,
     Reference,
@@ -611,7 +611,7 @@ class RuleCompiler:
         for key in {k for k in keys if keys.count(k) > 1}:
             self.problem(("card", "suggestions"), f"duplicate suggestion id {key!r}")
         reasons = tuple(
-            OverrideReason(r["code"], r["display"], r.get("system", OVERRIDE_SYSTEM))
+            OverrideOption(r["code"], r["display"], r.get("system", OVERRIDE_SYSTEM))
             for r in raw.get("override_reasons") or []
         )
         links = tuple(
