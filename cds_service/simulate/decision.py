@@ -1,0 +1,51 @@
+"""The one seam between the back-test and the service's decision path.
+
+A back-test is only worth something if it decides exactly as the live service would: same parsing, same
+patient record, same engine, same cards. This adapter is the only place the back-test calls into that path;
+it takes what a hook call has after prefetch (the patient's resources, the drafts, the time) and returns
+the cards plus what could not be decided.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from cds_service.clinical.record import PatientRecord
+from cds_service.engine.cards import CardSettings, build_cards
+from cds_service.engine.evaluate import Evaluation, evaluate
+from cds_service.engine.model import RuleSet
+from cds_service.fhir.parse import parse_resources
+from cds_service.http.pipeline import undecided_rules
+
+MAX_CARDS = 10  # the service's default (Settings.max_cards)
+
+
+@dataclass(slots=True)
+class Verdict:
+    """What the service would have answered: its cards, its undecided rules, and the engine's results."""
+
+    evaluation: Evaluation
+    cards: list[dict[str, Any]]
+    undecided: list[dict[str, Any]] = field(default_factory=list)
+    skipped: int = 0
+
+
+def decide(ruleset: RuleSet, resources: Sequence[Mapping[str, Any]], *, hook: str, now: datetime,
+           drafts: Sequence[Mapping[str, Any]] = (), patient_id: str | None = None,
+           max_cards: int = MAX_CARDS, card_settings: CardSettings | None = None) -> Verdict:
+    """Decide one hook call from complete data (an export holds everything the EHR would have prefetched)."""
+    valid, skipped = parse_resources(resources)
+    valid_drafts, skipped_drafts = parse_resources(drafts if hook != "patient-view" else ())
+    skipped = skipped + skipped_drafts
+    unavailable: dict[str, str] = {}
+    for problem in skipped:
+        unavailable.setdefault(problem.resource_type, f"{problem.resource_type}: malformed resource(s) skipped")
+    record = PatientRecord(valid, drafts=valid_drafts, ordinal_codes=ruleset.ordinal_codes, unavailable=unavailable)
+    evaluation = evaluate(ruleset, record, hook=hook, now=now)
+    gaps = [f"{len(skipped)} FHIR resource(s) could not be read and were skipped"] if skipped else []
+    cards = build_cards(evaluation, patient_id=patient_id, data_gaps=gaps, max_cards=max_cards,
+                        settings=card_settings or CardSettings())
+    return Verdict(evaluation, cards, undecided_rules(evaluation), len(skipped))

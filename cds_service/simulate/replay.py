@@ -1,0 +1,127 @@
+"""Replay one patient's history: every ketamine order signed again, patient-view at chosen times.
+
+Pure: a patient's resources in, compact result rows out (rule ids, versions, indicators, what was missing —
+no resource content, so rows can travel between Dask workers and land in CSV files without PHI beyond the
+export's own patient ids).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from cds_service.clinical.timeutil import TimeError, iso, parse_instant
+from cds_service.engine.cards import EXT
+from cds_service.engine.model import MEDICATION_RESOURCES, RuleSet
+from cds_service.simulate.decision import Verdict, decide
+from cds_service.simulate.timeline import (
+    TIMELESS,
+    ExposureCheck,
+    Moment,
+    first_exposure,
+    order_moments,
+    recorded_at,
+    view_moments,
+    visible,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What to replay besides the orders: patient-view at fixed times and/or every N days up to ``end``
+    (the export's transactionTime; None: the patient's last recorded data)."""
+
+    as_of: tuple[datetime, ...] = ()
+    every_days: int | None = None
+    end: datetime | None = None
+
+
+@dataclass(slots=True)
+class PatientReplay:
+    """One patient's rows, plus what the summary counts about the patient's data."""
+
+    patient: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    undated_orders: int = 0
+    undated_resources: int = 0
+    has_patient: bool = True
+
+
+def card_row(card: Mapping[str, Any]) -> dict[str, Any]:
+    """What the summary keeps of a card: rule, version, indicator, summary, first warning sign."""
+    rule = card.get("extension", {}).get(f"{EXT}.rule") or {}
+    signs = []
+    for row in card.get("extension", {}).get(f"{EXT}.evidence") or ():
+        ref = str(row.get("reference", ""))
+        if ref.split("/", 1)[0] in MEDICATION_RESOURCES or not row.get("date"):
+            continue
+        try:
+            signs.append(parse_instant(str(row["date"])))
+        except TimeError:
+            continue
+    return {"rule": str(rule.get("id", "")), "version": str(rule.get("version", "")),
+            "indicator": str(card.get("indicator", "")), "summary": str(card.get("summary", "")),
+            "sign": iso(min(signs)) if signs else None}
+
+
+def verdict_row(verdict: Verdict) -> dict[str, Any]:
+    return {
+        "cards": [card_row(card) for card in verdict.cards],
+        "undecided": [{"rule": u["rule"], "version": u["version"], "missing": list(u.get("missing") or ())}
+                      for u in verdict.undecided],
+        "skipped": verdict.skipped,
+    }
+
+
+def replay_patient(
+    patient: str,
+    resources: Sequence[Mapping[str, Any]],
+    rulesets: Mapping[str, RuleSet],
+    medications: Mapping[str, Mapping[str, Any]],
+    plan: Plan,
+) -> PatientReplay:
+    """Every replayed moment of one patient, decided by each rule set (``rulesets``: label → rule set).
+
+    The moments come from the first rule set's idea of ketamine (its medication value sets), so a
+    compared rule set is judged on exactly the same calls.
+    """
+    first = next(iter(rulesets.values()))
+    exposed = ExposureCheck(first, medications)
+    referenced = _referenced_medications(resources, medications)
+    out = PatientReplay(patient, has_patient=any(r.get("resourceType") == "Patient" for r in resources))
+    out.undated_resources = sum(1 for r in resources
+                                if r.get("resourceType") not in TIMELESS and recorded_at(r) is None)
+    orders, out.undated_orders = order_moments(resources, exposed)
+    end = plan.end
+    if end is None and plan.every_days:  # no export time: up to the patient's last recorded data
+        end = max((t for r in resources if (t := recorded_at(r)) is not None), default=None)
+    views = view_moments(plan.as_of, plan.every_days, first_exposure(resources, exposed), end)
+    for moment in sorted([*orders, *views], key=lambda m: (m.at, m.hook)):
+        out.rows.append(_decide_moment(patient, moment, resources, referenced, rulesets))
+    return out
+
+
+def _decide_moment(patient: str, moment: Moment, resources: Sequence[Mapping[str, Any]],
+                   referenced: Sequence[Mapping[str, Any]], rulesets: Mapping[str, RuleSet]) -> dict[str, Any]:
+    leave_out = frozenset(f"MedicationRequest/{oid}" for oid in moment.order_ids)
+    view = visible(resources, moment.at, leave_out) + list(referenced)
+    row: dict[str, Any] = {"patient": patient, "hook": moment.hook, "at": iso(moment.at),
+                           "orders": list(moment.order_ids), "by": {}}
+    for label, ruleset in rulesets.items():
+        verdict = decide(ruleset, view, hook=moment.hook, now=moment.at, drafts=moment.drafts, patient_id=patient)
+        row["by"][label] = verdict_row(verdict)
+    return row
+
+
+def _referenced_medications(resources: Sequence[Mapping[str, Any]],
+                            medications: Mapping[str, Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The export's Medication resources this patient's medication events point at (as an EHR includes them)."""
+    wanted = set()
+    for resource in resources:
+        ref = resource.get("medicationReference")
+        target = ref.get("reference") if isinstance(ref, Mapping) else None
+        if isinstance(target, str) and not target.startswith("#"):
+            wanted.add("/".join(target.rstrip("/").split("/")[-2:]))
+    return [medications[key] for key in sorted(wanted) if key in medications]
