@@ -8,6 +8,7 @@ against the driver's digest, so every worker decides with exactly the rules the 
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -16,7 +17,8 @@ from pathlib import Path
 from cds_service.engine.loader import load_ruleset
 from cds_service.engine.model import RuleSet
 
-_loaded: dict[str, RuleSet] = {}
+_loaded: dict[str, RuleSet] = {}  # by rule-set digest
+_by_content: dict[str, RuleSet] = {}  # by the bytes (and names) of the snapshot's files
 _lock = threading.Lock()
 
 
@@ -40,16 +42,29 @@ def snapshot(label: str, folder: Path, site: Path | None = None) -> tuple[RuleSo
     """Load and check the rules on the driver; the snapshot plus the loaded set. Raises RulesError."""
     if not folder.is_dir():
         raise RulesError(f"{folder}: not a rule folder")
-    loaded = load_ruleset([folder], site=site)
-    if loaded.ruleset is None:
-        raise RulesError("\n".join(str(p) for p in loaded.errors) or f"{folder}: rules do not load")
     files = tuple((str(p.relative_to(folder)), p.read_bytes()) for p in sorted(folder.rglob("*"))
                   if p.is_file() and p.suffix in (".yaml", ".yml", ".json"))
     site_bytes = (site.name, site.read_bytes()) if site else None
-    source = RuleSource(label, files, site_bytes, loaded.ruleset.digest)
+    content = _content_key(files, site_bytes)
     with _lock:
-        _loaded[source.digest] = loaded.ruleset
-    return source, loaded.ruleset
+        known = _by_content.get(content)
+    if known is None:  # the same files loaded before in this process (tests, a second run): no reload
+        loaded = load_ruleset([folder], site=site)
+        if loaded.ruleset is None:
+            raise RulesError("\n".join(str(p) for p in loaded.errors) or f"{folder}: rules do not load")
+        known = loaded.ruleset
+    source = RuleSource(label, files, site_bytes, known.digest)
+    with _lock:
+        _loaded[source.digest] = known
+        _by_content[content] = known
+    return source, known
+
+
+def _content_key(files: tuple[tuple[str, bytes], ...], site: tuple[str, bytes] | None) -> str:
+    hasher = hashlib.sha256()
+    for name, data in (*files, *([site] if site else [])):
+        hasher.update(name.encode("utf-8") + b"\0" + hashlib.sha256(data).digest())
+    return hasher.hexdigest()
 
 
 def ruleset_of(source: RuleSource) -> RuleSet:
