@@ -263,15 +263,22 @@ def test_bad_lines_are_counted_and_reported_with_file_and_line_and_the_run_compl
     (["{export}", "--rules", "{empty}"], "--rules"),
     (["{export}", "--compare", str(REPO / "rules")], "nothing to compare"),
     (["{export}", "--as-of", "yesterday"], "--as-of"),
+    (["{export}", "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "exclude each other"),
 ])
 def test_unusable_input_exits_2_with_a_clear_message(export: Path, tmp_path: Path, args: list[str],
                                                      message: str) -> None:
+    from click.testing import CliRunner
+
+    from cds_service.cli import main
+
     (tmp_path / "empty").mkdir()
     names = {"missing": str(tmp_path / "nope"), "empty": str(tmp_path / "empty"), "export": str(export)}
-    result = kbladder("simulate", *[a.format(**names) for a in args], "--out", str(tmp_path / "out"),
-                      "--workers", "1", "--no-progress")
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert message in result.stderr and "Traceback" not in result.stderr
+    extra = [] if "--workers" in args else ["--workers", "1"]
+    result = CliRunner().invoke(main, ["simulate", *[a.format(**names) for a in args], "--out",
+                                       str(tmp_path / "out"), *extra, "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)  # a clean exit, not an uncaught error
 
 
 # ---------------------------------------------------------------- the export writer
@@ -280,10 +287,11 @@ def test_unusable_input_exits_2_with_a_clear_message(export: Path, tmp_path: Pat
 def test_synth_ndjson_is_deterministic_scales_to_n_patients_and_gzipped_split_files_read_the_same(
         tmp_path: Path, rules: tuple[RuleSource, Any]) -> None:
     a, b, split = tmp_path / "a", tmp_path / "b", tmp_path / "split"
-    for out, extra in ((a, []), (b, []), (split, ["--gzip", "--files-per-type", "3"])):
-        result = kbladder("synth", "--format", "ndjson", "--patients", "120", "--seed", "2", "--out", str(out),
-                          *extra)
-        assert result.returncode == 0, result.stderr
+    result = kbladder("synth", "--format", "ndjson", "--patients", "120", "--seed", "2", "--out", str(a))
+    assert result.returncode == 0, result.stderr
+    assert "120 patients" in result.stdout
+    write_export(2, b, patients=120)
+    write_export(2, split, patients=120, compress=True, files_per_type=3)
     assert {p.name: p.read_bytes() for p in a.iterdir()} == {p.name: p.read_bytes() for p in b.iterdir()}
     patients = [json.loads(line) for line in (a / "Patient.ndjson").read_text(encoding="utf-8").splitlines()]
     assert len(patients) == 120 == len({p["id"] for p in patients})
@@ -301,5 +309,9 @@ def test_synth_ndjson_is_deterministic_scales_to_n_patients_and_gzipped_split_fi
 
 
 def test_synth_rejects_ndjson_options_with_bundles(tmp_path: Path) -> None:
-    result = kbladder("synth", "--out", str(tmp_path / "x"), "--patients", "10")
-    assert result.returncode == 2 and "--format ndjson" in result.stderr
+    from click.testing import CliRunner
+
+    from cds_service.cli import main
+
+    result = CliRunner().invoke(main, ["synth", "--out", str(tmp_path / "x"), "--patients", "10"])
+    assert result.exit_code == 2 and "--format ndjson" in result.output

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cds_service.clinical.timeutil import TimeError, iso, parse_instant
-from cds_service.simulate.ndjson import MANIFEST, ExportError
+from cds_service.simulate.ndjson import MANIFEST, ExportError, export_files
 from cds_service.simulate.output import build_summary, write_outputs
 from cds_service.simulate.pipeline import PATIENTS_PER_BUCKET, RunResult, run
 from cds_service.simulate.replay import Plan
@@ -111,6 +111,10 @@ def simulate(request: Request) -> tuple[RunResult, dict[str, Any]]:
     if request.out.exists() and not request.out.is_dir():
         raise UnusableInput(f"--out {request.out}: exists and is not a folder")
     times = parse_times(request.as_of)
+    try:
+        export_files(request.export)  # an unusable export is reported before the rules are loaded
+    except ExportError as exc:
+        raise UnusableInput(str(exc)) from exc
     sources, rulesets = load_rules(request)
     plan = Plan(as_of=times, every_days=request.every_days, end=export_time(request.export))
     try:
