@@ -26,10 +26,11 @@ check-rules: install
 test-rules: install
 	$(BIN)/kbladder rules test rules/tests
 
-# What the tests talk to: a real FHIR server (own venv) and PostgreSQL.
+# What the tests talk to: a real FHIR server (own venv), PostgreSQL, and a headless Chromium.
 services:
 	@./scripts/ensure-fhir-server.sh
 	@./scripts/ensure-postgres.sh
+	@./scripts/ensure-chromium.sh
 
 test: install lint check-rules test-rules services
 	$(BIN)/pytest -q

@@ -16,12 +16,13 @@ from tempfile import TemporaryDirectory
 
 import orjson
 
-from cds_service.demo import SERVICE_IDS, hook_request
+from cds_service.cdshooks.hooks import HOOKS
+from cds_service.demo import hook_request
 from cds_service.http.services import templates_for
 
 from . import http_load, rss
 from .fallback import fallback_request, slow_fhir
-from .harness import HOOKS, app_for, json_floor, latency, measure, post, request_bytes, ruleset_of
+from .harness import app_for, json_floor, latency, measure, post, request_bytes, ruleset_of
 from .patients import describe, heavy, typical
 from .scaling import multiplied_rules
 
@@ -145,7 +146,7 @@ def run(quick: bool, log: Callable[[str], None]) -> list[Row]:
     log("HTTP: gunicorn --workers 2, order-sign vs bare endpoint")
     body = typical_sign
     threads, per = (2, 3) if quick else (8, 60)
-    hook_rps, bare_rps = http_load.compare(body, f"/cds-services/{SERVICE_IDS['order-sign']}",
+    hook_rps, bare_rps = http_load.compare(body, f"/cds-services/{HOOKS['order-sign'].service.id}",
                                            threads=threads, per_thread=per)
     share = hook_rps / bare_rps
     rows.append(Row("HTTP order-sign (typical), gunicorn 2 workers", f"{hook_rps:.0f} req/s",

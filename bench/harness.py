@@ -14,7 +14,8 @@ from typing import Any
 import orjson
 from flask import Flask
 
-from cds_service.demo import HOOKS, SERVICE_IDS, DemoPatient, hook_request
+from cds_service.cdshooks.hooks import HOOKS
+from cds_service.demo import DemoPatient, hook_request
 from cds_service.http.services import templates_for
 
 from .patients import NOW
@@ -65,7 +66,7 @@ def request_bytes(app: Flask, hook: str, patient: DemoPatient, **extra: Any) -> 
 
 def post(client: Any, hook: str, body: bytes) -> bytes:
     """One call: request JSON in, response JSON out."""
-    response = client.post(f"/cds-services/{SERVICE_IDS[hook]}", data=body, content_type="application/json")
+    response = client.post(f"/cds-services/{HOOKS[hook].service.id}", data=body, content_type="application/json")
     data = response.get_data()
     if response.status_code != 200:
         raise RuntimeError(f"{hook}: HTTP {response.status_code}: {data[:300]!r}")

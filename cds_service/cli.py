@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from cds_service.cdshooks.hooks import HOOKS, drafts_to_evaluate
 from cds_service.clinical.record import PatientRecord
 from cds_service.clinical.timeutil import TimeError, parse_instant
 from cds_service.engine.cards import build_cards
@@ -21,7 +22,7 @@ from cds_service.engine.yamlpos import YamlError, load_file
 from cds_service.fhir.parse import bundle_resources, parse_resources
 
 DEFAULT_RULES = Path("rules")
-HOOK_CHOICE = click.Choice(["patient-view", "order-select", "order-sign"])
+HOOK_CHOICE = click.Choice(list(HOOKS))
 
 
 @click.group()
@@ -113,7 +114,7 @@ def explain_cmd(patient_file: Path, hook: str, now: str | None, draft_file: Path
 
         when = datetime.now(UTC)  # the CLI edge may read the clock; the engine never does
     valid, problems = parse_resources(resources)
-    valid_drafts, draft_problems = parse_resources(drafts if hook != "patient-view" else [])
+    valid_drafts, draft_problems = parse_resources(drafts_to_evaluate(hook, drafts))
     record = PatientRecord(valid, drafts=valid_drafts, ordinal_codes=loaded.ruleset.ordinal_codes)
     evaluation = evaluate(loaded.ruleset, record, hook=hook, now=when)
     patient_id = record.patient_id
@@ -160,7 +161,7 @@ def serve_cmd(config_file: Path | None, **options: Any) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder to write.")
 @click.option("--now", help="Reference time of the cohort (ISO 8601; default 2026-06-01T09:00:00Z).")
 @click.option("--backgrounds", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folder of Synthea bundles to overlay (e.g. ../shared/data/synthetic-fhir-r4).")
+              help="Folder of Synthea bundles to overlay (e.g. tests/data/synthetic-fhir-r4).")
 @click.option("--format", "fmt", type=click.Choice(["bundles", "ndjson"]), default="bundles", show_default=True,
               help="bundles: one transaction Bundle per patient; ndjson: a FHIR Bulk Data export.")
 @click.option("--patients", type=click.IntRange(min=1), help="ndjson: this many patients (copies of the cohort).")

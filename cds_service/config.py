@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cds_service.fhir.client import FetchLimits
+from cds_service.security.urls import url_problem
 
 ENV_PREFIX = "KBLADDER_"
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -40,6 +41,8 @@ class ConfigError(ValueError):
 #: Asymmetric algorithms we can verify. ``none`` and every HS* are never accepted (checklist J4).
 SUPPORTED_ALGORITHMS = frozenset({"ES256", "ES384", "RS256", "RS384"})
 DEFAULT_ALGORITHMS = ("ES384", "RS384")
+#: CDS Hooks versions an EHR may be configured to speak (``cds_hooks_version``).
+CDS_HOOKS_VERSIONS = ("2.0", "3.0")
 
 
 def is_loopback_host(host: str) -> bool:
@@ -65,6 +68,9 @@ def _check_url(value: str, where: tuple[str | int, ...], *, what: str) -> str:
         raise ConfigError(f"{what}: https is required (http only for loopback)", where)
     if parts.query or parts.fragment:
         raise ConfigError(f"{what}: no query or fragment allowed", where)
+    refused = url_problem(value)  # what the HTTP client would fetch must be what was configured
+    if refused is not None:
+        raise ConfigError(f"{what}: {refused}", where)
     return value.rstrip("/")
 
 
@@ -172,6 +178,12 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     #: Serve with auth off on a non-loopback address anyway (never in production; see docs/security.md).
     insecure_no_auth_on_public_interface: bool = False
+    #: The CDS Hooks version the EHR speaks. "3.0" adds ``version``/``hookVersion`` to discovery; strict
+    #: 2.0 validators refuse members they do not know, so 2.0 (the default) announces neither.
+    cds_hooks_version: str = "2.0"
+    #: Rule-set version (``kbladder rules check`` prints it) this replica must serve to be ready (/readyz):
+    #: replicas behind one load balancer then never answer with different rules.
+    pinned_rules_version: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -183,6 +195,9 @@ class Settings:
             raise ConfigError("reload_interval_s: expected >= 0 (0 disables polling)")
         if not self.cors_origins:
             raise ConfigError("cors_origins: expected at least one origin (or '*')")
+        if self.cds_hooks_version not in CDS_HOOKS_VERSIONS:
+            raise ConfigError(f"cds_hooks_version: expected one of {', '.join(CDS_HOOKS_VERSIONS)}",
+                              ("cds_hooks_version",))
         self.auth.check()
         if self.public_url is not None:
             _check_url(self.public_url, ("public_url",), what="public_url")

@@ -24,9 +24,8 @@ from urllib.parse import parse_qs, urlsplit
 import requests
 
 from cds_service import loopback
+from cds_service.cdshooks.hooks import HOOKS
 
-HOOKS = ("patient-view", "order-select", "order-sign")
-SERVICE_IDS = {hook: f"kbladder-{hook}" for hook in HOOKS}
 INDICATOR_MARK = {"critical": "!!", "warning": "!", "info": "i"}
 
 
@@ -148,13 +147,14 @@ def prefetch_for(templates: Mapping[str, str], patient_id: str, resources: Seque
 
 def hook_request(hook: str, patient: DemoPatient, templates: Mapping[str, str]) -> dict[str, Any] | None:
     """The CDS Hooks request for one hook; None when the hook has nothing to act on (no draft order)."""
+    definition = HOOKS[hook]
     context: dict[str, Any] = {"userId": "Practitioner/demo", "patientId": patient.id}
-    if hook != "patient-view":
+    if definition.order_hook:
         if not patient.drafts:
             return None
         context["draftOrders"] = {"resourceType": "Bundle", "type": "collection",
                                   "entry": [{"resource": d} for d in patient.drafts]}
-    if hook == "order-select":
+    if definition.field("selections") is not None:  # the clinician selects the first draft
         context["selections"] = [f"MedicationRequest/{patient.drafts[0]['id']}"]
     return {"hook": hook, "hookInstance": str(uuid.uuid4()), "context": context,
             "prefetch": prefetch_for(templates, patient.id, patient.resources)}
@@ -203,7 +203,7 @@ def replay(
                 row.hooks[hook] = HookResult([], [], 0.0, skipped=True)
                 continue
             started = time.perf_counter()
-            response = session.post(f"{base_url}/cds-services/{SERVICE_IDS[hook]}", json=body, timeout=60)
+            response = session.post(f"{base_url}/cds-services/{HOOKS[hook].service.id}", json=body, timeout=60)
             elapsed = (time.perf_counter() - started) * 1000
             response.raise_for_status()
             answer = response.json()

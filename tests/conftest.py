@@ -6,6 +6,8 @@
   token (or `fhir_server.token`) shows up in any log record (checklist R3).
 - `threaded_httpserver`, `other_httpserver`: pytest-httpserver servers that answer requests concurrently
   (for slow and faulty FHIR servers), cleared between tests.
+- `postgres_url`: a reachable PostgreSQL (fails, never skips, when there is none); `database_url`: a fresh
+  empty database per test, parametrised over SQLite (a file) and PostgreSQL (a unique schema).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import secrets
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +28,15 @@ from typing import Any
 
 import pytest
 import requests
+from browser import browser  # noqa: F401  (the session-wide headless Chromium fixture)
 from pytest_httpserver import HTTPServer
+from sqlalchemy import create_engine, make_url, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from cds_service.store import normalise_database_url
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-SYNTHETIC = SHARED / "data" / "synthetic-fhir-r4"
+SYNTHETIC = REPO / "tests" / "data" / "synthetic-fhir-r4"  # inside the repo: a bare clone must pass
 SEKMET = REPO / ".venv-fhir" / "bin" / "sekmet"
 MRN_SYSTEM = "http://hospital.smarthealthit.org"
 # Loaded into every fhir_server: the smallest patient (462 entries, 289 Observations, a control without
@@ -38,6 +45,9 @@ MRN_SYSTEM = "http://hospital.smarthealthit.org"
 DEFAULT_SYNTHETIC = ("Crystle_Aufderhar_b42c4d81",)
 PAGING_OBSERVATIONS = 27  # > 20 (sekmet's default page size) so paging is really exercised
 PAGING_MRN = "kbladder-paging-1"
+PG_ENV = "KBLADDER_TEST_POSTGRES_URL"
+PG_CANDIDATES = tuple(f"postgresql+psycopg://{user}@127.0.0.1:5432/test" for user in ("postgres", "root"))
+PG_START = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
 
 
 @dataclass
@@ -63,7 +73,7 @@ class FhirTestServer:
         return resp.json()
 
     def load_synthetic(self, stem: str) -> str:
-        """Load `<stem>.json.gz` from the shared synthetic data once; returns the server Patient.id."""
+        """Load `<stem>.json.gz` from tests/data/synthetic-fhir-r4 once; returns the server Patient.id."""
         if stem not in self.patient_ids:
             response = self.post_bundle(gzip.decompress((SYNTHETIC / f"{stem}.json.gz").read_bytes()))
             locations = [e["response"]["location"] for e in response["entry"]]
@@ -237,3 +247,47 @@ def no_token_in_logs(request: pytest.FixtureRequest, caplog: pytest.LogCaptureFi
     for token in tokens:
         for record in records:
             assert token not in formatter.format(record), f"bearer token logged by {record.name}"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """A reachable PostgreSQL URL; fails (never skips) with instructions when there is none."""
+    candidates = (os.environ[PG_ENV],) if os.environ.get(PG_ENV) else PG_CANDIDATES
+    errors: list[str] = []
+    for candidate in candidates:
+        engine = create_engine(normalise_database_url(candidate), connect_args={"connect_timeout": 3})
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return candidate
+        except SQLAlchemyError as exc:
+            reason = str(getattr(exc, "orig", exc)).strip()[:200]
+            errors.append(f"{make_url(candidate).render_as_string()}: {reason}")
+        finally:
+            engine.dispose()
+    pytest.fail(
+        "PostgreSQL is not reachable, so the PostgreSQL store tests cannot run.\n"
+        + "\n".join(errors)
+        + f"\nStart it with: {PG_START}\n(or point {PG_ENV} at a server)",
+        pytrace=False,
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database per test: a new SQLite file, or a new PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/nested/dir/kbladder.db"
+        return
+    base = request.getfixturevalue("postgres_url")
+    schema = f"kbt_{os.getpid()}_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(normalise_database_url(base), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = normalise_database_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()

@@ -29,6 +29,7 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from flask import Flask
+from outcomes import error_field
 from pytest_httpserver import HTTPServer
 from test_service_http import ketamine_given, prefetch, request_body, serving
 from test_service_run import _start, _stop
@@ -165,7 +166,8 @@ def refusal_reasons(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 def assert_refused(response: Any, caplog: pytest.LogCaptureFixture, reason: str) -> None:
     assert response.status_code == 401, response.get_data(as_text=True)
-    assert response.get_json() == {"error": {"status": 401, "message": "invalid token"}}
+    assert response.get_json() == {"resourceType": "OperationOutcome", "issue": [
+        {"severity": "error", "code": "login", "diagnostics": "invalid token"}]}
     assert response.headers["WWW-Authenticate"] == 'Bearer realm="kbladder-cds", error="invalid_token"'
     assert refusal_reasons(caplog)[-1] == reason
 
@@ -438,7 +440,7 @@ def test_forged_fhir_server_gets_no_outbound_call(httpserver: HTTPServer, keys: 
 
     forged = env.call(env.token(), body=body(other_httpserver.url_for("/fhir")))
     assert forged.status_code == 403
-    assert forged.get_json()["error"]["field"] == "fhirServer"
+    assert error_field(forged.get_json()) == "fhirServer"
     assert other_httpserver.log == []  # the attacker's listener received nothing: no token leaked
     # Control: the allowlisted server is queried (so the listener above would have seen a call).
     assert env.call(env.token(), body=body(trusted + "/")).status_code == 200

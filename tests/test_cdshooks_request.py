@@ -200,7 +200,7 @@ def test_error_as_operation_outcome() -> None:
     assert outcome["resourceType"] == "OperationOutcome"
     (issue,) = outcome["issue"]
     assert issue["code"] == "required" and issue["expression"] == ["context.patientId"]
-    assert issue["diagnostics"] == "context.patientId: is required"
+    assert issue["diagnostics"] == "is required" and issue["severity"] == "error"
     invalid = _error(mutate(patient_view(), ("hookInstance",), "x")).operation_outcome()
     assert invalid["issue"][0]["code"] == "invalid"
 

@@ -2,7 +2,7 @@
 
 The manifest is written from each scenario's clinical intent (clinical.md §2), not computed by the engine,
 so a disagreement is either a rule bug or a scenario bug — both worth a red test. Three seeds, two of them
-overlaid on the shared Synthea backgrounds, and two evaluation times, keep the scenarios honest.
+overlaid on the Synthea backgrounds in tests/data, and two evaluation times, keep the scenarios honest.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from cds_service.fhir.parse import bundle_resources, parse_resources
 from cds_service.synth import generate_cohort
 
 REPO = Path(__file__).resolve().parents[1]
-BACKGROUNDS = REPO.parent / "shared" / "data" / "synthetic-fhir-r4"
+BACKGROUNDS = REPO / "tests" / "data" / "synthetic-fhir-r4"
 HOOKS = ("patient-view", "order-select", "order-sign")
 
 
@@ -52,6 +52,12 @@ def test_every_patient_gets_the_cards_its_scenario_expects(rules: RuleSet, seed:
                                                            overlay: bool) -> None:
     cohort = generate_cohort(seed, now, backgrounds=BACKGROUNDS if overlay else None)
     assert len(cohort.patients) >= 40
+    overlaid = [p for p in cohort.patients if p.background]
+    if overlay:  # the overlay must really add background records, or the case tests nothing more than seed 1
+        assert len(overlaid) >= 10, f"only {len(overlaid)} patients got a background"
+        assert all(len(bundle_resources(p.bundle)) > 20 for p in overlaid)
+    else:
+        assert not overlaid
     mismatches = []
     for patient in cohort.patients:
         resources = bundle_resources(patient.bundle)
@@ -70,3 +76,11 @@ def test_the_cohort_exercises_every_rule(rules: RuleSet) -> None:
     cohort = generate_cohort(1)
     expected = {rule for patient in cohort.patients for hook in HOOKS for rule in patient.expected[hook]}
     assert expected == {rule.id for rule in rules.rules}
+
+
+def test_a_missing_background_folder_is_an_error(tmp_path: Path) -> None:
+    """An overlay from a folder that is absent or holds no bundle fails loudly instead of overlaying nothing."""
+    with pytest.raises(FileNotFoundError):
+        generate_cohort(1, backgrounds=tmp_path / "absent")
+    with pytest.raises(ValueError, match="no Synthea bundle"):
+        generate_cohort(1, backgrounds=tmp_path)

@@ -39,19 +39,21 @@ from hookdata import (
     patient,
     serving,
 )
+from outcomes import error_field, error_issue
 from pytest_httpserver import HTTPServer
 from sqlalchemy import func, select
 from werkzeug.wrappers import Request, Response
 
 from cds_service.app import create_app
 from cds_service.cdshooks import (
+    HOOKS,
     discovery_problems,
     empty_value_problems,
     prefetch_tokens,
     response_problems,
     template_problems,
 )
-from cds_service.config import Settings
+from cds_service.config import ConfigError, Settings
 from cds_service.fhir.client import FetchLimits
 from cds_service.logjson import JsonFormatter
 from cds_service.rules_state import RulesState
@@ -437,7 +439,7 @@ def test_D4_service_dispatches_on_request_hook(service: Service, service_id: str
             assert response.status_code == 200, response.text
         else:
             assert response.status_code == 400, hook
-            assert response.json()["error"]["field"] == "hook"
+            assert error_field(response.json()) == "hook"
 
 
 def test_D5_every_template_has_a_key_and_is_a_relative_fhir_url(service: Service) -> None:
@@ -471,6 +473,17 @@ def test_D7_no_cds_hooks_3_fields_outside_extension(service: Service) -> None:
         assert "version" not in svc and "hookVersion" not in svc
 
 
+def test_D7_version_and_hook_version_only_for_an_ehr_that_speaks_3_0(rules: RulesState, tmp_path: Path) -> None:
+    """D7: with `cds_hooks_version: "3.0"` each service names the spec version and its hook's version."""
+    with running(rules, tmp_path, cds_hooks_version="3.0") as v3:
+        services = v3.discovery()["services"]
+    for svc in services:
+        assert svc["version"] == "3.0"
+        assert svc["hookVersion"] == HOOKS[svc["hook"]].hook_version
+    with pytest.raises(ConfigError, match="cds_hooks_version"):
+        Settings(cds_hooks_version="2.1")
+
+
 # -- R: the service request -----------------------------------------------------------------------------------
 
 
@@ -492,14 +505,14 @@ def test_R1_required_request_members_are_checked(service: Service, member: str, 
         body[member] = value
     response = service.call(body, PV)
     assert response.status_code == 400
-    assert response.json()["error"]["field"] == field
+    assert error_field(response.json()) == field
 
 
 def test_R1_fhir_server_is_required_with_fhir_authorization(service: Service, secret_token: str) -> None:
     """R1: `fhirServer` is CONDITIONAL: REQUIRED if `fhirAuthorization` is present."""
     response = service.call({**kb02_patient_view(service), "fhirAuthorization": authorization(secret_token)})
     assert response.status_code == 400
-    assert response.json()["error"]["field"] == "fhirServer"
+    assert error_field(response.json()) == "fhirServer"
 
 
 def test_R1_http_fhir_server_is_refused_when_https_is_required(rules: RulesState, tmp_path: Path,
@@ -510,7 +523,7 @@ def test_R1_http_fhir_server_is_refused_when_https_is_required(rules: RulesState
         plain = strict.call({**kb02_patient_view(strict), "fhirServer": "http://ehr.example/fhir",
                              "fhirAuthorization": auth})
         assert plain.status_code == 400
-        assert plain.json()["error"]["field"] == "fhirServer"
+        assert error_field(plain.json()) == "fhirServer"
         # Complete prefetch: nothing is fetched, so the https server is never contacted.
         secure = strict.call({**kb02_patient_view(strict), "fhirServer": "https://ehr.example/fhir",
                               "fhirAuthorization": auth})
@@ -536,7 +549,7 @@ def test_R2_fhir_authorization_shape_is_validated(service: Service, fake_fhir: F
     body = {**kb02_patient_view(service), "fhirServer": fake_fhir.base, "fhirAuthorization": auth}
     response = service.call(body)
     assert response.status_code == 400
-    assert response.json()["error"]["field"] == field
+    assert error_field(response.json()) == field
     assert secret_token not in response.text  # R3: errors never echo the token
     assert fake_fhir.requests == []
 
@@ -639,7 +652,7 @@ def test_R5_invalid_requests_are_refused_before_rules_run(service: Service, defe
     assert response.status_code == status, response.text
     assert "cards" not in response.json()
     if field:
-        assert response.json()["error"]["field"] == field
+        assert error_field(response.json()) == field
     assert service.issued(body.get("hookInstance", "")) == 0
     control = kb02_order(service, "order-select")  # the same data, valid: KB-02 fires and is logged
     kb02_card(service.call(control))
@@ -838,9 +851,10 @@ def test_P7_412_when_data_cannot_be_obtained(service: Service, fake_fhir: FakeFh
         extra["prefetch"] = prefetch_for(service, "patient-view", ketamine_given(), omit=("observation",))
     response = service.call(request_body(**extra))
     assert response.status_code == 412
-    error = response.json()["error"]
+    issue = error_issue(response.json())
     expected = ["observation"] if prefetch else list(service.templates("patient-view"))
-    assert sorted(error["missing"]) == sorted(expected)
+    assert issue["code"] == "processing"  # the 3.0 ballot's 412 example
+    assert sorted(issue["expression"]) == sorted(f"prefetch.{key}" for key in expected)
     assert fake_fhir.requests == []
 
 
@@ -1095,6 +1109,42 @@ def test_C14_each_invocation_gets_fresh_card_ids_and_the_same_guidance(service: 
     assert {c["uuid"] for c in first["cards"]}.isdisjoint(c["uuid"] for c in second["cards"])
 
 
+# -- E: error bodies (CDS Hooks 3.0 ballot: a non-2xx response SHOULD carry an OperationOutcome) -----------------
+
+
+def test_E1_every_error_status_carries_an_operation_outcome(service: Service, rules: RulesState,
+                                                             tmp_path: Path) -> None:
+    """3.0b: non-2xx bodies are FHIR OperationOutcomes; the field is `expression`, the status stays the status."""
+    url = f"{service.url}/cds-services/{PV}"
+    no_user = request_body(prefetch=prefetch_for(service, "patient-view"))
+    del no_user["context"]["userId"]
+    calls = {
+        400: requests.post(url, json=no_user, timeout=10),
+        404: requests.post(f"{service.url}/cds-services/nothing", json=request_body(), timeout=10),
+        405: requests.get(url, timeout=10),
+        412: service.call(request_body()),
+        413: requests.post(url, data=b"{" + b" " * (2 * 1024 * 1024) + b"}",
+                           headers={"Content-Type": "application/json"}, timeout=30),
+        415: requests.post(url, data=b"{}", headers={"Content-Type": "text/plain"}, timeout=10),
+    }
+    expected = {400: ("required", ["context.userId"]), 404: ("not-found", ["id"]), 405: ("not-supported", None),
+                412: ("processing", None), 413: ("too-costly", None), 415: ("not-supported", None)}
+    for status, response in calls.items():
+        assert response.status_code == status, (status, response.text)
+        assert response.headers["Content-Type"].startswith("application/json")
+        issue = error_issue(response.json())  # validated as an R4 OperationOutcome
+        code, expression = expected[status]
+        assert issue["severity"] == "error" and issue["code"] == code, (status, issue)
+        assert issue["diagnostics"].strip()
+        if expression is not None:
+            assert issue["expression"] == expression
+    assert all(e.startswith("prefetch.") for e in error_issue(calls[412].json())["expression"])
+    with running(RulesState([tmp_path / "none"], reload_interval_s=0), tmp_path) as empty:
+        unavailable = empty.call(request_body())
+    assert unavailable.status_code == 503
+    assert error_issue(unavailable.json())["code"] == "transient"
+
+
 # -- F: feedback ----------------------------------------------------------------------------------------------------
 
 
@@ -1148,7 +1198,7 @@ def test_F2_invalid_feedback_items_are_400_naming_the_field(service: Service, is
     item = {k: v for k, v in {**overridden(issued_card), **change}.items() if v is not None}
     response = service.post(f"/cds-services/{PV}/feedback", {"feedback": [item]})
     assert response.status_code == 400
-    assert response.json()["error"]["field"] == field
+    assert error_field(response.json()) == field
     assert service.store.feedback_count(card_uuid=issued_card["uuid"]) == 0
 
 
@@ -1172,7 +1222,7 @@ def test_F5_feedback_status_codes(service: Service, issued_card: dict[str, Any])
     assert ok.status_code == 200 and ok.headers["Content-Type"].startswith("application/json")
     assert ok.json() == {}
     malformed = requests.post(url, data=b'{"feedback": [', headers={"Content-Type": "application/json"}, timeout=10)
-    assert malformed.status_code == 400 and malformed.json()["error"]["field"] == "$"
+    assert malformed.status_code == 400 and error_field(malformed.json()) == "$"
     assert service.post(f"/cds-services/{PV}/feedback", {"items": []}).status_code == 400
     not_json = requests.post(url, data=json.dumps({"feedback": []}), headers={"Content-Type": "text/plain"},
                              timeout=10)

@@ -29,6 +29,7 @@ from hookdata import (
     patient,
     serving,
 )
+from outcomes import error_field, error_issue
 from rulekit import rule_version
 
 from cds_service.app import create_app
@@ -221,34 +222,34 @@ def test_missing_context_field_is_400_naming_the_field(service: Service) -> None
     del body["context"]["patientId"]
     response = service.hook(PV, body)
     assert response.status_code == 400
-    assert response.json()["error"]["field"] == "context.patientId"
+    assert error_field(response.json()) == "context.patientId"
 
 
 def test_hook_not_served_by_that_id_is_400(service: Service) -> None:
     response = service.hook(OSIGN, request_body(prefetch=prefetch()))
     assert response.status_code == 400
-    assert response.json()["error"]["field"] == "hook"
+    assert error_field(response.json()) == "hook"
 
 
 def test_malformed_json_is_400(service: Service) -> None:
     response = requests.post(f"{service.url}/cds-services/{PV}", data=b'{"hook": ',
                              headers={"Content-Type": "application/json"}, timeout=10)
     assert response.status_code == 400
-    assert response.json()["error"]["field"] == "$"
+    assert error_field(response.json()) == "$"
 
 
 def test_unknown_service_is_404_json(service: Service) -> None:
     response = service.hook("no-such-service", request_body(prefetch=prefetch()))
     assert response.status_code == 404
     assert response.headers["Content-Type"].startswith("application/json")
-    assert response.json()["error"]["status"] == 404
+    assert error_issue(response.json())["code"] == "not-found"
 
 
 def test_body_over_the_limit_is_413(service: Service) -> None:
     body = request_body(prefetch=prefetch(), padding="x" * (MAX_BODY + 10))
     response = service.hook(PV, body)
     assert response.status_code == 413
-    assert response.json()["error"]["status"] == 413
+    assert error_issue(response.json())["code"] == "too-costly"
 
 
 def test_chunked_body_over_the_limit_is_413(service: Service) -> None:
@@ -276,7 +277,7 @@ def test_wrong_content_type_is_415(service: Service) -> None:
     response = requests.post(f"{service.url}/cds-services/{PV}", data=json.dumps(request_body()),
                              headers={"Content-Type": "text/plain"}, timeout=10)
     assert response.status_code == 415
-    assert response.json()["error"]["status"] == 415
+    assert error_issue(response.json())["code"] == "not-supported"
 
 
 def test_fhir_json_content_type_is_accepted(service: Service) -> None:
@@ -288,16 +289,15 @@ def test_fhir_json_content_type_is_accepted(service: Service) -> None:
 def test_absent_prefetch_key_without_fhir_server_is_412(service: Service) -> None:
     response = service.hook(PV, request_body(prefetch=prefetch(omit=("observation",))))
     assert response.status_code == 412
-    error = response.json()["error"]
-    assert error["field"] == "prefetch"
-    assert error["missing"] == ["observation"]
+    issue = error_issue(response.json())
+    assert issue["code"] == "processing" and issue["expression"] == ["prefetch.observation"]
 
 
 def test_unknown_route_and_method_are_json(service: Service) -> None:
-    assert requests.get(f"{service.url}/nothing", timeout=10).json()["error"]["status"] == 404
+    assert error_issue(requests.get(f"{service.url}/nothing", timeout=10).json())["code"] == "not-found"
     response = requests.get(f"{service.url}/cds-services/{PV}", timeout=10)
     assert response.status_code == 405
-    assert response.json()["error"]["status"] == 405
+    assert error_issue(response.json())["code"] == "not-supported"
 
 
 # -- feedback ------------------------------------------------------------------------------------------------
@@ -322,7 +322,7 @@ def test_invalid_feedback_is_400_naming_the_field(service: Service) -> None:
     body = {"feedback": [{"card": str(uuid.uuid4()), "outcome": "ignored", "outcomeTimestamp": "2026-11-23T10:00:00Z"}]}
     response = service.post(f"/cds-services/{PV}/feedback", body)
     assert response.status_code == 400
-    assert response.json()["error"]["field"] == "feedback[0].outcome"
+    assert error_field(response.json()) == "feedback[0].outcome"
     assert service.post("/cds-services/nope/feedback", {"feedback": []}).status_code == 404
 
 
@@ -503,7 +503,7 @@ def test_prefetch_over_the_entry_limit_is_413_naming_prefetch(tmp_path: Path) ->
         under = requests.post(f"{url}/cds-services/{PV}", json=request_body(prefetch=prefetch(ketamine_given())),
                               timeout=30)
     store.dispose()
-    assert over.status_code == 413 and over.json()["error"]["field"] == "prefetch", over.text
+    assert over.status_code == 413 and error_field(over.json()) == "prefetch", over.text
     assert under.status_code == 200, under.text
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import requests
+from outcomes import error_field, error_message
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
@@ -95,7 +96,7 @@ def test_rules_state_starts_without_rules_and_recovers(rules_copy: Path) -> None
     body = {"hook": "patient-view", "hookInstance": str(uuid.uuid4()),
             "context": {"userId": "Practitioner/u1", "patientId": "p1"}, "prefetch": {}}
     hook = client.post("/cds-services/kbladder-patient-view", json=body)
-    assert hook.status_code == 503 and hook.json["error"]["message"] == "no valid rule set is loaded"
+    assert hook.status_code == 503 and error_message(hook.json) == "no valid rule set is loaded"
     rule_file.write_text(original, encoding="utf-8")
     assert state.reload_if_changed() is True
     assert state.ruleset is not None and state.current.last_error == ()
@@ -139,7 +140,8 @@ def test_unexpected_error_is_a_bare_json_500_without_details(monkeypatch: pytest
     with caplog.at_level(logging.ERROR):
         response = client.post("/cds-services/kbladder-patient-view", json=body)
     assert response.status_code == 500
-    assert response.json == {"error": {"status": 500, "message": "internal error"}}
+    assert response.json == {"resourceType": "OperationOutcome", "issue": [
+        {"severity": "fatal", "code": "exception", "diagnostics": "internal error"}]}
     records = [r for r in caplog.records if r.name == "cds_service.http"]
     assert records and records[0].getMessage() == "unhandled ValueError"
     assert any("explode" in frame for frame in records[0].fields["frames"])
@@ -153,7 +155,7 @@ def test_require_https_fhir_refuses_plain_http_fhir_servers() -> None:
             "context": {"userId": "Practitioner/u1", "patientId": "p1"}}
     response = client.post("/cds-services/kbladder-patient-view", json=body)
     assert response.status_code == 400
-    assert response.json["error"]["field"] == "fhirServer"
+    assert error_field(response.json) == "fhirServer"
 
 
 # -- kbladder serve -----------------------------------------------------------------------------------------------

@@ -12,75 +12,25 @@ import os
 import subprocess
 import sys
 import textwrap
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, make_url, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import create_engine
 
 from cds_service.cdshooks import parse_feedback
 from cds_service.cdshooks.feedback import FeedbackItem
 from cds_service.store import Store, normalise_database_url
 
 REPO = Path(__file__).resolve().parents[1]
-PG_ENV = "KBLADDER_TEST_POSTGRES_URL"
-PG_CANDIDATES = tuple(f"postgresql+psycopg://{user}@127.0.0.1:5432/test" for user in ("postgres", "root"))
-PG_START = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
-
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 CARD = "9368d37b-283f-44a0-93ea-547cebab93ed"
 CARD2 = "1b2c3d4e-5f60-4a1b-8c2d-3e4f5a6b7c8d"
 S1 = "e56e1945-20b3-4393-8503-a1a20fd73152"
 S2 = "0a1b2c3d-4e5f-4a6b-9c7d-8e9f0a1b2c3d"
 ISSUER = "https://sandbox.cds-hooks.org"
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> str:
-    """A reachable PostgreSQL URL; fails (never skips) with instructions when there is none."""
-    candidates = (os.environ[PG_ENV],) if os.environ.get(PG_ENV) else PG_CANDIDATES
-    errors: list[str] = []
-    for candidate in candidates:
-        engine = create_engine(normalise_database_url(candidate), connect_args={"connect_timeout": 3})
-        try:
-            with engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-            return candidate
-        except SQLAlchemyError as exc:
-            reason = str(getattr(exc, "orig", exc)).strip()[:200]
-            errors.append(f"{make_url(candidate).render_as_string()}: {reason}")
-        finally:
-            engine.dispose()
-    pytest.fail(
-        "PostgreSQL is not reachable, so the PostgreSQL store tests cannot run.\n"
-        + "\n".join(errors)
-        + f"\nStart it with: {PG_START}\n(or point {PG_ENV} at a server)",
-        pytrace=False,
-    )
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty database per test: a new SQLite file, or a new PostgreSQL schema."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/nested/dir/kbladder.db"
-        return
-    base = request.getfixturevalue("postgres_url")
-    schema = f"kbt_{os.getpid()}_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(normalise_database_url(base), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = normalise_database_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ SEED = 20260601
 HOOKS = ("patient-view", "order-select", "order-sign")
 UCUM = "http://unitsofmeasure.org"
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-BACKGROUNDS = Path(__file__).resolve().parents[2] / "shared" / "data" / "synthetic-fhir-r4"
+BACKGROUNDS = Path(__file__).resolve().parent / "data" / "synthetic-fhir-r4"
 SMALL_BACKGROUND = "Crystle_Aufderhar_b42c4d81.json.gz"  # 462 entries; the smallest of the five
 DISTRACTORS = (
     "uti-positive-culture-unexposed", "uti-positive-culture-exposed", "bph-man-no-ketamine",
@@ -431,7 +431,7 @@ def test_schedules_keep_clear_of_frequency_boundaries(seed: int) -> None:
 @pytest.fixture(scope="module")
 def one_background(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     source = BACKGROUNDS / SMALL_BACKGROUND
-    assert source.exists(), f"shared synthetic FHIR backgrounds missing: {source} (shared/ must sit beside the repo)"
+    assert source.exists(), f"synthetic FHIR backgrounds missing from the repository: {source}"
     folder = tmp_path_factory.mktemp("backgrounds")
     shutil.copy(source, folder / "background.json.gz")
     yield folder

@@ -1,28 +1,39 @@
-"""Hook definitions from the CDS Hooks Library STU1 1.0.1 and the prefetch-template rules of CDS Hooks 2.0.
+"""The ONE hook table: every hook we answer, from the CDS Hooks Library STU1 1.0.1, plus our service for it.
 
-Kept as data so that request validation, discovery generation and the prefetch self-check all read the
-same table (checklist §1.10, P1-P3) instead of re-encoding the hook context in several places.
+Everything about hooks derives from :data:`HOOKS`: request validation (context fields and their types),
+discovery (one service per hook: id, title, description), prefetch tokens and the template self-check
+(checklist §1.10, P1-P3), which draft orders a hook evaluates (:func:`drafts_to_evaluate`), the CLI's
+``--hook`` choices, the demo, the synthetic cohort and the ``hooks`` enums of the rule and test schemas.
+Adding a hook is one entry here (plus any context check the generic field checks do not cover).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
 __all__ = [
     "HOOKS",
+    "SERVICES",
     "USER_PREFETCH_TOKENS",
     "ContextField",
+    "DraftPolicy",
     "HookDefinition",
+    "Service",
+    "drafts_to_evaluate",
     "prefetch_tokens",
+    "service_for",
     "template_problems",
 ]
 
 ContextType = Literal["string", "array", "object"]
+#: Which draft orders of ``context.draftOrders`` a hook evaluates: none (not an order hook), the selected
+#: ones (order-select: the others were judged when they were selected), or all (order-sign).
+DraftPolicy = Literal["none", "selected", "all"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,8 +50,18 @@ class ContextField:
 
 
 @dataclass(frozen=True, slots=True)
+class Service:
+    """Our CDS service for one hook, as discovery publishes it (prefetch comes from the rules)."""
+
+    id: str
+    hook: str
+    title: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
 class HookDefinition:
-    """A hook as published in the Hook Library: metadata plus its context fields."""
+    """A hook as published in the Hook Library (metadata, context fields) and how we answer it."""
 
     id: str
     description: str
@@ -48,6 +69,19 @@ class HookDefinition:
     specification_version: str
     maturity: int
     fields: tuple[ContextField, ...]
+    drafts: DraftPolicy
+    service_title: str
+    service_description: str
+
+    @property
+    def order_hook(self) -> bool:
+        """True when the hook carries draft orders that rules may judge."""
+        return self.drafts != "none"
+
+    @property
+    def service(self) -> Service:
+        """Our service for this hook: one service per hook, id ``kbladder-<hook>``."""
+        return Service(f"kbladder-{self.id}", self.id, self.service_title, self.service_description)
 
     def field(self, name: str) -> ContextField | None:
         """Return the context field called *name*, or None when the hook does not define it."""
@@ -122,6 +156,10 @@ HOOKS: Mapping[str, HookDefinition] = MappingProxyType(
             specification_version="1.0",
             maturity=5,
             fields=(_user((*_CLINICIAN, "Patient", "RelatedPerson")), _PATIENT, _ENCOUNTER),
+            drafts="none",
+            service_title="Ketamine bladder injury: record review",
+            service_description="Warns when a patient's record shows ketamine exposure together with signs of "
+            "bladder injury.",
         ),
         "order-select": HookDefinition(
             id="order-select",
@@ -130,6 +168,10 @@ HOOKS: Mapping[str, HookDefinition] = MappingProxyType(
             specification_version="1.0",
             maturity=4,
             fields=(_user(_CLINICIAN), _PATIENT, _ENCOUNTER, _SELECTIONS, _DRAFT_ORDERS),
+            drafts="selected",
+            service_title="Ketamine bladder injury: order selection",
+            service_description="Checks newly selected ketamine or esketamine orders against signs of bladder "
+            "injury.",
         ),
         "order-sign": HookDefinition(
             id="order-sign",
@@ -138,9 +180,51 @@ HOOKS: Mapping[str, HookDefinition] = MappingProxyType(
             specification_version="1.0",
             maturity=5,
             fields=(_user(_CLINICIAN), _PATIENT, _ENCOUNTER, _DRAFT_ORDERS),
+            drafts="all",
+            service_title="Ketamine bladder injury: order signing",
+            service_description="Checks ketamine or esketamine orders about to be signed against signs of "
+            "bladder injury.",
         ),
     }
 )
+
+#: Our services by id (discovery, POST /cds-services/<id>, feedback), derived from the hook table.
+SERVICES: Mapping[str, Service] = MappingProxyType({h.service.id: h.service for h in HOOKS.values()})
+
+
+def service_for(hook: str) -> Service:
+    """Our service answering *hook*."""
+    return HOOKS[hook].service
+
+
+def drafts_to_evaluate(
+    hook: str,
+    drafts: Sequence[Mapping[str, Any]],
+    selections: Collection[str] | None = None,
+    full_urls: Sequence[str | None] = (),
+) -> list[Mapping[str, Any]]:
+    """The draft orders *hook* evaluates: the ONE definition the service, rule tests, explain and demo share.
+
+    ``selections`` are ``Type/id`` references; a draft is selected by its ``Type/id`` or by its entry's
+    ``fullUrl`` (*full_urls*, parallel to *drafts*), as a client may identify a draft only by fullUrl.
+    ``selections=None`` (a rule test or ``rules explain`` that names none) selects every draft; the service
+    always passes the request's validated, non-empty selections.
+    """
+    definition = HOOKS.get(hook)
+    policy = definition.drafts if definition is not None else "none"
+    if policy == "none":
+        return []
+    if policy == "all" or selections is None:
+        return list(drafts)
+    chosen = set(selections)
+    picked = []
+    for i, resource in enumerate(drafts):
+        ref = f"{resource.get('resourceType')}/{resource.get('id')}"
+        full_url = full_urls[i] if i < len(full_urls) else None
+        by_url = isinstance(full_url, str) and any(full_url == s or full_url.endswith("/" + s) for s in chosen)
+        if ref in chosen or by_url:
+            picked.append(resource)
+    return picked
 
 
 def prefetch_tokens(hook: str) -> frozenset[str]:

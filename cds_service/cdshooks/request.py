@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from cds_service.security.urls import url_problem
+
 from .hooks import HOOKS, HookDefinition
+from .outcome import operation_outcome
 
 __all__ = [
     "FhirAuthorization",
@@ -45,18 +48,8 @@ class RequestError(ValueError):
         return f"RequestError(field={self.field!r}, message={self.message!r}, status={self.status})"
 
     def operation_outcome(self) -> dict[str, Any]:
-        """The error as a FHIR OperationOutcome (what CDS Hooks 3.0-ballot asks non-2xx bodies to be)."""
-        return {
-            "resourceType": "OperationOutcome",
-            "issue": [
-                {
-                    "severity": "error",
-                    "code": "required" if self.message == "is required" else "invalid",
-                    "diagnostics": str(self),
-                    "expression": [self.field],
-                }
-            ],
-        }
+        """The error as a FHIR OperationOutcome: field → ``expression``, message → ``diagnostics``."""
+        return operation_outcome(self.status, self.message, expression=[self.field])
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +94,8 @@ class HookRequest:
     prefetch: dict[str, Any] | None = None
     draft_orders: list[dict[str, Any]] = field(default_factory=list)
     selections: list[str] = field(default_factory=list)
+    #: ``fullUrl`` of each draft's Bundle entry (parallel to ``draft_orders``): selections may point at it.
+    draft_urls: list[str | None] = field(default_factory=list)
 
     def __repr__(self) -> str:
         # Context and prefetch hold patient data: keep them out of logs and tracebacks.
@@ -320,14 +315,17 @@ def parse_hook_request(
 
     draft_orders: list[dict[str, Any]] = []
     selections: list[str] = []
+    full_urls: list[str | None] = []
     if definition is not None and definition.field("draftOrders") is not None:
         draft_orders, full_urls = _parse_draft_orders(context["draftOrders"])
         if definition.field("selections") is not None:
             selections = _parse_selections(context["selections"], draft_orders, full_urls)
 
     fhir_server = request.get("fhirServer")
-    if fhir_server is not None and not is_absolute_http_url(fhir_server):
-        raise RequestError("fhirServer", "expected an absolute http(s) URL")
+    if fhir_server is not None:
+        refused = url_problem(fhir_server)  # the same judge as every outbound call (security/urls.py)
+        if refused is not None:
+            raise RequestError("fhirServer", f"expected an absolute http(s) URL ({refused})")
     if require_https and isinstance(fhir_server, str) and not fhir_server.lower().startswith("https:"):
         raise RequestError("fhirServer", "expected an https URL")
 
@@ -350,4 +348,5 @@ def parse_hook_request(
         prefetch=prefetch,
         draft_orders=draft_orders,
         selections=selections,
+        draft_urls=full_urls,
     )

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from cds_service.clinical.timeutil import duration_seconds, format_duration
+from cds_service.clinical import exposure as ex
+from cds_service.engine.context import RuleContext
+from cds_service.engine.display import display, exposure_phrase
 from cds_service.engine.evaluate import Evaluation, RuleResult
-from cds_service.engine.model import Ordinal, Quantity, Rule, Suggestion
+from cds_service.engine.model import Rule, Suggestion
 from cds_service.engine.trace import Evidence, Truth
 
 SUMMARY_MAX = 139
@@ -37,41 +39,98 @@ def template_context(result: RuleResult) -> dict[str, Any]:
     """Variables a card template sees: rule, params, cond (values), holds (truths), course, tier."""
     rule = result.rule
     ctx = result.context
-    course: dict[str, Any] = {"sessions": 0, "planned": 0, "days": 0, "start": "", "mg": 0}
-    if ctx is not None:
-        sessions = ctx.course_sessions()
-        actual = [s for s in sessions if not s.planned]
-        if sessions:
-            last = max(s.end for s in actual) if actual else sessions[0].start
-            course = {
-                "sessions": len(actual),
-                "planned": len(sessions) - len(actual),
-                "days": max(1, round((max(last, sessions[0].start) - sessions[0].start).total_seconds() / 86400)),
-                "start": sessions[0].start.date().isoformat(),
-                "mg": round(sum(s.dose.mg or 0 for s in actual)),
-            }
     return {
         "rule": {"id": rule.id, "version": rule.version, "title": rule.title},
         "params": {name: _show(p.value) for name, p in rule.parameters.items()},
         "cond": {name: o.value for name, o in result.conditions.items()},
         "holds": {name: o.truth is Truth.TRUE for name, o in result.conditions.items()},
-        "course": course,
+        "course": course_facts(ctx) if ctx is not None else dict(_NO_COURSE),
         "tier": result.fired.indicator if result.fired else "",
     }
 
 
+_NO_COURSE: dict[str, Any] = {"sessions": 0, "planned": 0, "days": 0, "start": "", "mg": 0, "drug": "ketamine",
+                              "phrase": "ketamine exposure"}
+
+
+def course_facts(ctx: RuleContext) -> dict[str, Any]:
+    """The latest course in numbers and in words (``course.phrase``) for card templates.
+
+    ``sessions`` counts administrations only: a use statement or a take-home supply is one record of
+    months of use, so "1 ketamine session in 1029 days" would misstate it; the phrase says
+    "daily ketamine use for 2.8 years, about 1 g a day" instead.
+    """
+    sessions = ctx.course_sessions()
+    if not sessions:
+        return dict(_NO_COURSE, drug=course_drug(ctx, sessions), phrase=f"{course_drug(ctx, sessions)} exposure")
+    given = [s for s in sessions if not s.planned]
+    administered = [s for s in given if ex.is_session(s)]
+    lasting = [s for s in given if not ex.is_session(s)]
+    first = sessions[0].start
+    last = max(s.end for s in given) if given else first
+    days = max(1, round((max(last, first) - first).total_seconds() / 86400))
+    drug = course_drug(ctx, sessions)
+    span = 0
+    if administered:
+        span = max(1, round((administered[-1].end - administered[0].start).total_seconds() / 86400))
+    phrase = exposure_phrase(
+        drug,
+        sessions=len(administered),
+        span_days=span,
+        statements=[_use_of(s, ctx) for s in lasting],
+    )
+    if not given:
+        phrase = f"a first {drug} order"
+    return {
+        "sessions": len(administered),
+        "planned": len(sessions) - len(given),
+        "days": days,
+        "start": first.date().isoformat(),
+        "mg": round(sum(s.dose.mg or 0 for s in given)),
+        "drug": drug,
+        "phrase": phrase,
+    }
+
+
+def course_drug(ctx: RuleContext, sessions: Sequence[ex.Session]) -> str:
+    """"esketamine" when every session of the course is esketamine, else "ketamine"."""
+    refs = {s.ref for s in sessions}
+    substances = set()
+    for key, data in ctx.rule.data.items():
+        if data.is_medication and data.valueset.substance and any(s.ref in refs for s in ctx.sessions(key)):
+            substances.add(data.valueset.substance)
+    return "esketamine" if substances == {"esketamine"} else "ketamine"
+
+
+def _use_of(session: ex.Session, ctx: RuleContext) -> tuple[float, float | None, bool]:
+    """(days, mg per day, taken at least daily) of a use statement or supply."""
+    days = (session.end - session.start).total_seconds() / 86400
+    per_day = session.dose.mg / max(days, 1.0) if session.dose.mg is not None else None
+    daily = False
+    rtype, _, rid = session.ref.partition("/")
+    for ref, resource in ctx.record.by_type.get(rtype, ()):
+        if ref == session.ref or resource.get("id") == rid:
+            dosages = resource.get("dosage") or resource.get("dosageInstruction") or [{}]
+            first = dosages[0] if isinstance(dosages, list) and dosages and isinstance(dosages[0], Mapping) else {}
+            timing = first.get("timing") if isinstance(first.get("timing"), Mapping) else {}
+            repeat = timing.get("repeat") if isinstance(timing.get("repeat"), Mapping) else {}
+            rate = ex.doses_per_day(repeat)
+            daily = rate is not None and rate >= 1
+            break
+    return days, per_day, daily
+
+
 def _show(value: Any) -> Any:
-    if isinstance(value, Quantity | Ordinal):
-        return str(value)
+    """A parameter as templates print it: numbers stay numbers (for arithmetic), the rest human text."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, int | float | str | bool):
+    if isinstance(value, int | float | bool):
         return value
-    return format_duration(duration_seconds(value))
+    return display(value)
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return str(display(text)).replace("|", "\\|").replace("\n", " ")
 
 
 def evidence_rows(result: RuleResult) -> list[Evidence]:

@@ -35,6 +35,7 @@ from cds_service.clinical.valueset import (
 )
 from cds_service.engine import conditions as cond
 from cds_service.engine.context import ANCHORS
+from cds_service.engine.display import display
 from cds_service.engine.fhirpath import FhirPath, syntax_errors
 from cds_service.engine.model import (
     INDICATORS,
@@ -285,8 +286,9 @@ class RuleCompiler:
         self.windows: dict[str, Window] = {}
         self.broken_windows: set[str] = set()  # declared, but invalid (already reported where declared)
         self.condition_names = set((self.doc.get("conditions") or {}).keys())
+        # finalize: every value a template prints goes through the one display filter (rounding, units).
         self.env = SandboxedEnvironment(
-            undefined=StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True
+            undefined=StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True, finalize=display
         )
 
     # Scope ---------------------------------------------------------

@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 
 INDICATORS = ("info", "warning", "critical")
 SEVERITY = {name: rank for rank, name in enumerate(INDICATORS)}
-HOOKS = ("patient-view", "order-select", "order-sign")
 MEDICATION_RESOURCES = frozenset({"MedicationAdministration", "MedicationRequest", "MedicationStatement"})
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from cds_service.cdshooks.hooks import drafts_to_evaluate
 from cds_service.clinical.record import PatientRecord
 from cds_service.clinical.timeutil import TimeError, parse_instant
 from cds_service.engine.cards import build_cards
@@ -135,11 +136,7 @@ def evaluate_case(
 ) -> tuple[Evaluation, list[dict[str, Any]], list[str]]:
     now, resources, drafts, problems = build_patient(located, path, case, now_text)
     hook = case["hook"]
-    if hook == "patient-view":
-        drafts = []
-    elif hook == "order-select" and case.get("selections"):
-        wanted = set(case["selections"])
-        drafts = [d for d in drafts if f"{d['resourceType']}/{d.get('id')}" in wanted]
+    drafts = drafts_to_evaluate(hook, drafts, case.get("selections") or None)
     record = PatientRecord(resources, drafts=drafts, ordinal_codes=ruleset.ordinal_codes)
     evaluation = evaluate(ruleset, record, hook=hook, now=now)
     counter = iter(range(1, 10_000))

@@ -13,12 +13,14 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import orjson
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ReadTimeoutError
+
+from cds_service.security.urls import RefusedUrl, outbound_url
 
 log = logging.getLogger("cds_service.fhir")
 
@@ -61,17 +63,6 @@ class _Failed(Exception):
         super().__init__(reason)
         self.reason = reason
         self.status = status
-
-
-def _origin(url: str) -> tuple[str, str, int | None]:
-    """scheme, host, port — what must match before the token may be sent to a URL."""
-    try:
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        port = parts.port or {"http": 80, "https": 443}.get(scheme)
-    except ValueError:  # e.g. a port out of range: matches nothing
-        return "", "", None
-    return scheme, (parts.hostname or "").lower(), port
 
 
 def is_read(query: str) -> bool:
@@ -137,12 +128,11 @@ class FhirClient:
         limits: FetchLimits = FetchLimits(),  # frozen, so one shared default is safe
         session: requests.Session | None = None,
     ) -> None:
-        scheme, host, _ = _origin(base_url)
-        if scheme not in ("http", "https") or not host:
-            raise ValueError("FHIR base URL must be an absolute http(s) URL")
-        self.base_url = base_url.rstrip("/")
+        try:
+            self.base_url = outbound_url(base_url).rstrip("/")
+        except RefusedUrl as refused:
+            raise ValueError(f"FHIR base URL must be an absolute http(s) URL ({refused.reason})") from None
         self.limits = limits
-        self._origin = _origin(self.base_url)
         self._headers = {"Accept": FHIR_JSON}
         if access_token:
             self._headers["Authorization"] = f"Bearer {access_token}"
@@ -226,11 +216,9 @@ class FhirClient:
     def _pages(self, query: str, deadline: float, result: QueryResult) -> Iterator[tuple[int, Any]]:
         """Yield (status, JSON body) of the first page and each `next` page, guarding token and loops."""
         if query.lower().startswith(("http://", "https://")):  # e.g. the next link of a prefetched Bundle
-            if _origin(query) != self._origin:
-                raise _Failed("next link to another server refused")
-            url = query
+            url = self._judged(query, "next link refused")
         else:
-            url = f"{self.base_url}/{query.lstrip('/')}"
+            url = self._judged(f"{self.base_url}/{query.lstrip('/')}", "query refused")
         seen: set[str] = set()
         while True:
             seen.add(url)
@@ -242,16 +230,26 @@ class FhirClient:
             if link is None:
                 return
             try:
-                link = urljoin(url, link)  # next links may be relative
+                joined = urljoin(url, link)  # next links may be relative
             except ValueError:
-                raise _Failed("invalid next link", status) from None
-            if _origin(link) != self._origin:
-                raise _Failed("next link to another server refused", status)
+                raise _Failed("next link refused: not a valid URL", status) from None
+            link = self._judged(joined, "next link refused", status)
             if link in seen:
                 raise _Failed("paging loop", status)
             if result.pages >= self.limits.max_pages:
                 raise _Failed(f"page limit reached ({self.limits.max_pages} pages)", status)
             url = link
+
+    def _judged(self, url: str, what: str, status: int | None = None) -> str:
+        """The URL to send, if the token may go there (same origin, under the base path); else the query stops.
+
+        Every URL this client fetches passes here: the first query, prefetched and server next links,
+        Medication reads. A refused URL is never followed; the key is reported as missing data.
+        """
+        try:
+            return outbound_url(url, self.base_url)
+        except RefusedUrl as refused:
+            raise _Failed(f"{what}: {refused.reason}", status) from None
 
     @staticmethod
     def _page_resources(query: str, body: Any, *, first: bool) -> tuple[list[dict[str, Any]], str | None]:

@@ -14,7 +14,7 @@ Every call to discovery (configurable), a service or its feedback URL must carry
 6. ``tenant`` is allowlisted when the issuer lists tenants;
 7. ``jti`` is claimed in the store until ``exp`` + leeway (replay refused across workers and hosts).
 
-Any failure → 401 ``{"error": {"status": 401, "message": "invalid token"}}`` with a
+Any failure → 401 with an OperationOutcome (``code: login``, ``diagnostics: invalid token``) and a
 ``WWW-Authenticate: Bearer`` header. The reason is logged (never the token), not returned.
 """
 

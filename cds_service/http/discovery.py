@@ -12,4 +12,5 @@ bp = Blueprint("discovery", __name__)
 
 @bp.get("/cds-services")
 def discovery() -> Response:
-    return jsonify(discovery_document(service_context().rules.ruleset))
+    ctx = service_context()
+    return jsonify(discovery_document(ctx.rules.ruleset, cds_hooks_version=ctx.settings.cds_hooks_version))

@@ -6,12 +6,11 @@ import logging
 
 from flask import Blueprint, Response, jsonify
 
-from cds_service.cdshooks import parse_feedback
+from cds_service.cdshooks import SERVICES, parse_feedback
 
 from .body import read_json
 from .context import service_context
 from .errors import error_response
-from .services import SERVICES
 
 log = logging.getLogger("cds_service.http")
 

@@ -1,15 +1,50 @@
-"""GET /healthz: is there a rule set, which version, is the store reachable, why did the last reload fail."""
+"""Probes: /livez (the process answers), /readyz (it may take traffic), /healthz (the whole picture, for people).
+
+Kubernetes-style split: a failing liveness probe restarts the process, so /livez checks nothing that a
+restart cannot fix; a failing readiness probe only takes the replica out of the load balancer, so /readyz
+checks what a request needs (rules, store) and, when pinned, that the rules are the agreed version.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response, jsonify
 
-from .context import service_context
+from .context import ServiceContext, service_context
 
 bp = Blueprint("health", __name__)
 
 AUTH_OFF_WARNING = ("AUTHENTICATION IS OFF: any caller can invoke the CDS services. Development only; "
                     "enable auth in the config file before connecting an EHR (docs/security.md).")
+
+
+@bp.get("/livez")
+def livez() -> Response:
+    """200 whenever the process can answer HTTP at all (no dependency is consulted)."""
+    return jsonify({"status": "ok"})
+
+
+def readiness(ctx: ServiceContext) -> dict[str, Any]:
+    """Each readiness check with its outcome; ``ready`` is whether all of them passed."""
+    ruleset = ctx.rules.ruleset
+    version = ruleset.version if ruleset else None
+    checks: dict[str, Any] = {"rules": {"ok": ruleset is not None, "version": version}}
+    if ctx.store is not None:
+        checks["store"] = {"ok": bool(ctx.store.ping())}
+    pinned = ctx.settings.pinned_rules_version
+    if pinned:
+        checks["pinnedRulesVersion"] = {"ok": version == pinned, "expected": pinned, "actual": version}
+    return {"status": "ready" if all(c["ok"] for c in checks.values()) else "not ready", "checks": checks}
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    """200 when rules are loaded, the store answers and (if pinned) the rule-set version matches; else 503."""
+    body = readiness(service_context())
+    response = jsonify(body)
+    response.status_code = 200 if body["status"] == "ready" else 503
+    return response
 
 
 @bp.get("/healthz")
@@ -31,6 +66,8 @@ def healthz() -> Response:
         "store": {"configured": ctx.store is not None, "reachable": store_ok},
         "auth": {"enabled": ctx.settings.auth.enabled},
     }
+    if ctx.settings.pinned_rules_version:
+        body["rules"]["pinnedVersion"] = ctx.settings.pinned_rules_version
     if not ctx.settings.auth.enabled:
         body["auth"]["warning"] = AUTH_OFF_WARNING
     response = jsonify(body)

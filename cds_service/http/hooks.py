@@ -15,7 +15,7 @@ import orjson
 from flask import Blueprint, Response, g
 from sqlalchemy.exc import SQLAlchemyError
 
-from cds_service.cdshooks import parse_hook_request
+from cds_service.cdshooks import SERVICES, parse_hook_request
 from cds_service.config import is_loopback_host
 from cds_service.fhir.prefetch import PrefetchUnavailable
 
@@ -23,7 +23,6 @@ from .body import read_json
 from .context import service_context
 from .errors import error_response
 from .pipeline import card_issues, run_hook
-from .services import SERVICES
 
 log = logging.getLogger("cds_service.http")
 
@@ -60,8 +59,9 @@ def invoke(service_id: str) -> Response:
     try:
         outcome = run_hook(request, ruleset, ctx.settings, ctx.clock())
     except PrefetchUnavailable as exc:
-        return error_response(412, "prefetch missing and no FHIR server access", field="prefetch",
-                              missing=exc.keys)
+        # One expression per prefetch key we needed and could neither find nor fetch (P7).
+        return error_response(412, "prefetch missing and no FHIR server access",
+                              expression=[f"prefetch.{key}" for key in exc.keys] or ["prefetch"])
     g.cards = len(outcome.cards)
     log.info("hook answered", extra={"fields": {
         "hook": request.hook, "hookInstance": request.hook_instance, "service": service.id,

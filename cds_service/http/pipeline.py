@@ -7,12 +7,11 @@ are the FHIR server (through ``gather``) and the clock (``now`` is read once, by
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cds_service.cdshooks import HookRequest
+from cds_service.cdshooks import HookRequest, drafts_to_evaluate
 from cds_service.clinical.record import PatientRecord
 from cds_service.config import Settings
 from cds_service.engine.cards import EXT, CardSettings, build_cards
@@ -36,24 +35,6 @@ class HookOutcome:
     missing: dict[str, str] = field(default_factory=dict)
     skipped: list[ParseProblem] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
-
-
-def drafts_to_evaluate(request: HookRequest) -> list[dict[str, Any]]:
-    """order-select: only the selected drafts (the others were judged when selected); order-sign: all."""
-    if request.hook == "order-sign":
-        return list(request.draft_orders)
-    if request.hook != "order-select":
-        return []
-    chosen = set(request.selections)
-    entries = request.context.get("draftOrders", {}).get("entry") or []
-    picked = []
-    for entry, resource in zip(entries, request.draft_orders, strict=False):
-        ref = f"{resource.get('resourceType')}/{resource.get('id')}"
-        full_url = entry.get("fullUrl") if isinstance(entry, Mapping) else None
-        by_url = isinstance(full_url, str) and any(full_url == s or full_url.endswith("/" + s) for s in chosen)
-        if ref in chosen or by_url:
-            picked.append(resource)
-    return picked
 
 
 def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: datetime) -> HookOutcome:
@@ -82,7 +63,9 @@ def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: da
     if medications.missing:
         missing[MEDICATION_KEY] = medications.missing
     valid, skipped = parse_resources(gathered.resources + medications.resources)
-    drafts, skipped_drafts = parse_resources(drafts_to_evaluate(request))
+    drafts, skipped_drafts = parse_resources(
+        drafts_to_evaluate(request.hook, request.draft_orders, request.selections, request.draft_urls)
+    )
     skipped = skipped + skipped_drafts
     if skipped:
         log.warning("skipped %d malformed resource(s): %s", len(skipped), "; ".join(map(str, skipped[:10])))

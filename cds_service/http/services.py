@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
 from typing import Any
 
-from cds_service.cdshooks import template_problems
+from cds_service.cdshooks import HOOKS, SERVICES, template_problems
 from cds_service.engine.model import MEDICATION_RESOURCES, RuleSet
 
 log = logging.getLogger("cds_service.http")
@@ -20,26 +19,6 @@ log = logging.getLogger("cds_service.http")
 PATIENT_KEY = "patient"
 COUNT = 1000
 
-
-@dataclass(frozen=True, slots=True)
-class Service:
-    id: str
-    hook: str
-    title: str
-    description: str
-
-
-SERVICES: dict[str, Service] = {
-    s.id: s
-    for s in (
-        Service("kbladder-patient-view", "patient-view", "Ketamine bladder injury: record review",
-                "Warns when a patient's record shows ketamine exposure together with signs of bladder injury."),
-        Service("kbladder-order-select", "order-select", "Ketamine bladder injury: order selection",
-                "Checks newly selected ketamine or esketamine orders against signs of bladder injury."),
-        Service("kbladder-order-sign", "order-sign", "Ketamine bladder injury: order signing",
-                "Checks ketamine or esketamine orders about to be signed against signs of bladder injury."),
-    )
-}
 
 USAGE = ("Send prefetch for every template, or fhirServer with fhirAuthorization (read access to the "
          "patient's Patient, MedicationAdministration/Request/Statement, Observation and Condition, and to "
@@ -107,18 +86,24 @@ def templates_for(ruleset: RuleSet | None, hook: str) -> dict[str, str]:
     return dict(found)
 
 
-def discovery_document(ruleset: RuleSet | None) -> dict[str, Any]:
-    """The body of GET /cds-services."""
-    return {
-        "services": [
-            {
-                "hook": s.hook,
-                "id": s.id,
-                "title": s.title,
-                "description": s.description,
-                "usageRequirements": USAGE,
-                "prefetch": templates_for(ruleset, s.hook),
-            }
-            for s in SERVICES.values()
-        ]
-    }
+def discovery_document(ruleset: RuleSet | None, *, cds_hooks_version: str = "2.0") -> dict[str, Any]:
+    """The body of GET /cds-services.
+
+    For an EHR configured as speaking CDS Hooks 3.0, each service also names the specification version
+    and the hook's version (3.0 ballot); a 2.0 client gets neither, as strict 2.0 validators refuse them.
+    """
+    services = []
+    for s in SERVICES.values():
+        entry: dict[str, Any] = {
+            "hook": s.hook,
+            "id": s.id,
+            "title": s.title,
+            "description": s.description,
+            "usageRequirements": USAGE,
+            "prefetch": templates_for(ruleset, s.hook),
+        }
+        if cds_hooks_version != "2.0":
+            entry["version"] = cds_hooks_version
+            entry["hookVersion"] = HOOKS[s.hook].hook_version
+        services.append(entry)
+    return {"services": services}

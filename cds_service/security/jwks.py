@@ -22,6 +22,8 @@ from typing import Any
 import orjson
 import requests
 
+from cds_service.security.urls import outbound_url
+
 log = logging.getLogger("cds_service.auth")
 
 MAX_JWKS_BYTES = 256 * 1024
@@ -89,6 +91,7 @@ class JwksCache:
         log.info("jwks loaded", extra={"fields": {"jku": url, "keys": len(keys)}})
 
     def _fetch(self, url: str) -> Mapping[str, Any]:
+        url = outbound_url(url)  # RefusedUrl is a ValueError: logged and negatively cached like any failure
         with self._session.get(url, timeout=self.timeout_s, allow_redirects=False, stream=True,
                                headers={"Accept": "application/json"}) as response:
             if response.status_code != 200:

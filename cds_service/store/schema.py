@@ -12,7 +12,7 @@ from sqlalchemy import BigInteger, DateTime, Dialect, Index, Integer, String, Te
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["Base", "CardIssueRow", "FeedbackRow", "JtiRow", "UTCDateTime"]
+__all__ = ["Base", "CardIssueRow", "DecisionRow", "FeedbackRow", "JtiRow", "SnoozeRow", "UTCDateTime"]
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -107,3 +107,70 @@ class JtiRow(Base):
     issuer: Mapped[str] = mapped_column(Text)
     jti: Mapped[str] = mapped_column(Text)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class DecisionRow(Base):
+    """What one rule decided on one hook call (the decision log). PHI-free by construction: the patient,
+    the user, the drafts and the evidence appear only as keyed hashes (HMAC under the log key)."""
+
+    __tablename__ = "decision_log"
+    __table_args__ = (
+        Index("ix_decision_log_logged_at", "logged_at"),
+        Index("ix_decision_log_rule", "rule_id", "logged_at"),
+        Index("ix_decision_log_patient_rule", "patient_hash", "rule_id"),
+        Index("ix_decision_log_card_uuid", "card_uuid"),
+        Index("ix_decision_log_hook_instance", "hook_instance"),
+    )
+
+    id: Mapped[int] = mapped_column(_ID, primary_key=True, autoincrement=True)
+    logged_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    service_id: Mapped[str] = mapped_column(String)
+    hook: Mapped[str] = mapped_column(String)
+    hook_instance: Mapped[str] = mapped_column(String)
+    #: "live" or "shadow": which rule set decided (a shadow set is evaluated and logged, never shown).
+    rule_set: Mapped[str] = mapped_column(String)
+    rule_set_version: Mapped[str] = mapped_column(String)
+    rule_id: Mapped[str] = mapped_column(String)
+    rule_version: Mapped[str] = mapped_column(String)
+    #: fired | not_fired | undecided | suppressed | silent
+    outcome: Mapped[str] = mapped_column(String)
+    indicator: Mapped[str | None] = mapped_column(String)
+    card_uuid: Mapped[str | None] = mapped_column(String)
+    #: Why suppressed / not decided, in words from the rule set (never patient data).
+    detail: Mapped[str | None] = mapped_column(Text)
+    #: JSON array of the data that was missing (data keys and reasons).
+    missing: Mapped[str | None] = mapped_column(Text)
+    issuer: Mapped[str | None] = mapped_column(String)
+    tenant: Mapped[str | None] = mapped_column(String)
+    patient_hash: Mapped[str] = mapped_column(String(64))
+    user_hash: Mapped[str | None] = mapped_column(String(64))
+    #: JSON arrays of keyed hashes: the draft orders judged, the evidence a fired rule showed.
+    drafts: Mapped[str | None] = mapped_column(Text)
+    evidence: Mapped[str | None] = mapped_column(Text)
+
+
+class SnoozeRow(Base):
+    """A rule held back for one patient after feedback: overridden with a reason, or a suggestion accepted.
+
+    ``evidence`` (keyed hashes) and ``indicator`` are what the clinician saw, so new evidence or a rising
+    indicator can break the snooze."""
+
+    __tablename__ = "snooze"
+    __table_args__ = (
+        Index("ix_snooze_patient_rule", "patient_hash", "rule_id"),
+        Index("ix_snooze_until", "until"),
+        UniqueConstraint("card_uuid", "kind", name="uq_snooze_card_kind"),
+    )
+
+    id: Mapped[int] = mapped_column(_ID, primary_key=True, autoincrement=True)
+    patient_hash: Mapped[str] = mapped_column(String(64))
+    rule_id: Mapped[str] = mapped_column(String)
+    rule_version: Mapped[str] = mapped_column(String)
+    #: "overridden" (with reason_code) or "accepted" (a suggestion; held until its result is due)
+    kind: Mapped[str] = mapped_column(String)
+    reason_code: Mapped[str] = mapped_column(String, default="")
+    indicator: Mapped[str] = mapped_column(String)
+    evidence: Mapped[str] = mapped_column(Text, default="[]")
+    card_uuid: Mapped[str] = mapped_column(String)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    until: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -18,10 +18,11 @@ from typing import Any
 
 from sqlalchemy import URL, Engine, create_engine, delete, event, func, make_url, select, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
 from ..cdshooks.feedback import FeedbackItem
+from .migrate import upgrade
 from .schema import Base, CardIssueRow, FeedbackRow, JtiRow
 
 __all__ = ["CardIssue", "Store", "StoredFeedback", "normalise_database_url"]
@@ -29,7 +30,6 @@ __all__ = ["CardIssue", "Store", "StoredFeedback", "normalise_database_url"]
 #: Card issue log entry: (card uuid, rule id, rule version, indicator).
 CardIssue = tuple[str, str, str, str]
 
-_SCHEMA_LOCK_KEY = 0x6B626C6164  # "kblad": serialises create_all across workers on PostgreSQL
 _PURGE_EVERY = 64
 
 
@@ -120,18 +120,8 @@ class Store:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def _create_schema(self) -> None:
-        """create_all, tolerating other workers starting at the same moment."""
-        for attempt in range(3):
-            try:
-                with self.engine.begin() as conn:
-                    if self.backend == "postgresql":
-                        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
-                    Base.metadata.create_all(conn)
-                return
-            except OperationalError as exc:
-                # SQLite: another process created the table between our check and CREATE TABLE.
-                if attempt == 2 or "already exists" not in str(exc.orig):
-                    raise
+        """Alembic upgrade to the newest revision (adopting a database made by the old create_all)."""
+        upgrade(self.engine)
 
     def ping(self) -> bool:
         """True when the database answers a trivial query (for /health)."""

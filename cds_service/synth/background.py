@@ -69,7 +69,13 @@ class Background:
 
 
 def load_backgrounds(directory: Path) -> list[Background]:
-    """Every ``*.json.gz`` (or ``*.json``) transaction Bundle in ``directory``, in file-name order."""
+    """Every ``*.json.gz`` (or ``*.json``) transaction Bundle in ``directory``, in file-name order.
+
+    A missing folder, or one without a bundle holding a Patient, is an error: an overlay that
+    silently overlays nothing would pass for one that worked.
+    """
+    if not directory.is_dir():
+        raise FileNotFoundError(f"background folder not found: {directory}")
     found = []
     for path in sorted([*directory.glob("*.json.gz"), *directory.glob("*.json")]):
         raw = path.read_bytes()
@@ -92,6 +98,8 @@ def load_backgrounds(directory: Path) -> list[Background]:
         found.append(Background(label, patient.get("gender"), birth, "|".join(sorted(refs)),
                                 tuple({"fullUrl": u, "resource": r} for u, r in resources)))
         log.info("background %s: %d candidate resources", label, len(resources))
+    if not found:
+        raise ValueError(f"no Synthea bundle with a Patient in background folder {directory}")
     return found
 
 

@@ -170,4 +170,3 @@ ESKETAMINE_KEYS = frozenset(k for k in MEDICATIONS if k.startswith("esketamine")
 # Hooks each rule runs on (clinical.md §2.1): order hooks for all rules, patient-view for six.
 PATIENT_VIEW_RULES = frozenset({"KB-02", "KB-03", "KB-07", "KB-08", "KB-11", "KB-12"})
 ALL_RULES = frozenset(f"KB-{n:02d}" for n in range(1, 16))
-HOOKS = ("patient-view", "order-select", "order-sign")
