@@ -315,3 +315,64 @@ def test_synth_rejects_ndjson_options_with_bundles(tmp_path: Path) -> None:
 
     result = CliRunner().invoke(main, ["synth", "--out", str(tmp_path / "x"), "--patients", "10"])
     assert result.exit_code == 2 and "--format ndjson" in result.output
+
+
+# ---------------------------------------------------------------- compare and the committee report
+
+
+@pytest.fixture(scope="module")
+def compared(export: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """The bundled rules against a variant with one threshold changed (KB-04: more than 2 sessions a week)."""
+    from cds_service.simulate import command
+
+    variant = tmp_path_factory.mktemp("variant") / "rules"
+    shutil.copytree(REPO / "rules", variant)
+    kb04 = variant / "KB-04-intensive-exposure.yaml"
+    text = kb04.read_text(encoding="utf-8")
+    changed = text.replace("sessions_per_week: {type: number, default: 3,",
+                           "sessions_per_week: {type: number, default: 2,")
+    assert changed != text
+    kb04.write_text(changed, encoding="utf-8")
+    out = tmp_path_factory.mktemp("compared")
+    _, data = command.simulate(command.Request(export=export, out=out, rules=REPO / "rules", compare=variant,
+                                               as_of=(NOW,), every_days=45, workers=1, progress=False))
+    return out, data
+
+
+def test_compare_lists_the_patients_whose_cards_change_and_every_output_file_is_written(
+        compared: tuple[Path, dict[str, Any]]) -> None:
+    out, data = compared
+    assert {p.name for p in out.iterdir()} == {"summary.json", "rules.csv", "calls.csv", "first_card.csv",
+                                               "problems.csv", "compare.csv", "report.html"}
+    base = {r["rule"]: r for r in data["rulesets"]["rules"]["rules"]}
+    variant = {r["rule"]: r for r in data["rulesets"]["compare"]["rules"]}
+    assert len(base) == 15 and variant["KB-04"]["patients_any"] > base["KB-04"]["patients_any"]
+    assert all(variant[r]["patients_any"] == base[r]["patients_any"] for r in base if r != "KB-04")
+    by_rule = {row["rule"]: row for row in data["compare"]["by_rule"]}
+    assert set(by_rule) == {"KB-04"} and by_rule["KB-04"]["patients appeared"] >= 1
+    changes = list(csv.DictReader((out / "compare.csv").open(encoding="utf-8")))
+    assert {c["rule"] for c in changes} == {"KB-04"} and {c["change"] for c in changes} <= {
+        "appeared", "indicator changed"}
+    assert data["compare"]["patients_changed"] == len({c["patient"] for c in changes})
+    # Per 1,000 orders, per indicator, undecided with what was missing, first sign → first card.
+    assert base["KB-02"]["cards_per_1000_orders"] > 0 and base["KB-02"]["patients"]["critical"] >= 1
+    assert base["KB-04"]["undecided_time_points"] >= 1
+    assert any("no dose or rate recorded" in m["data"] for m in base["KB-04"]["top_missing"])
+    assert base["KB-02"]["sign_to_card_days"]["patients"] >= 1
+    assert data["replayed"]["patient_view_calls"] > data["patients_exposed"]  # --every adds past moments
+
+
+def test_the_report_renders_its_charts_in_headless_chromium_without_console_errors(
+        compared: tuple[Path, dict[str, Any]], browser: object, tmp_path: Path) -> None:
+    from browser import open_page
+
+    out, data = compared
+    shot = tmp_path / "report.png"
+    seen = open_page(browser, out / "report.html", screenshot=shot, height=2400)
+    assert seen.errors == []
+    # Cards over time (one per rule set), alert burden, compare diff: four charts, each with drawn paths.
+    assert seen.count("svg.chart") == 4
+    assert seen.count("svg.chart path") > 40
+    text = seen.text()
+    assert "KB-04" in text and "What changes" in text and data["rulesets"]["rules"]["version"] in text
+    assert shot.stat().st_size > 20_000

@@ -123,7 +123,7 @@ def _csv(path: Path, rows: Sequence[Mapping[str, Any]], fields: Sequence[str] | 
 
 def _cards_over_time(label: str, by_month: Mapping[str, Mapping[str, int]]) -> Any:
     fig, ax = chart.figure(height=3.4)
-    months = sorted({m for series in by_month.values() for m in series})
+    months = _month_range({m for series in by_month.values() for m in series})
     for rule, series in by_month.items():
         ax.plot(range(len(months)), [series.get(m, 0) for m in months], marker="o", markersize=3, label=rule)
     step = max(1, len(months) // 12)
@@ -135,6 +135,19 @@ def _cards_over_time(label: str, by_month: Mapping[str, Mapping[str, int]]) -> A
     else:
         ax.text(0.5, 0.5, "no cards", ha="center", va="center", transform=ax.transAxes)
     return chart.svg(fig, f"Cards per month by rule, rule set {label}")
+
+
+def _month_range(seen: set[str]) -> list[str]:
+    """Every month from the first to the last with a card: a month without cards is a zero, not a gap."""
+    if not seen:
+        return []
+    first, last = min(seen), max(seen)
+    year, month = int(first[:4]), int(first[5:7])
+    out = []
+    while f"{year:04d}-{month:02d}" <= last:
+        out.append(f"{year:04d}-{month:02d}")
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return out
 
 
 def _burden(rulesets: Mapping[str, Any]) -> Any:
