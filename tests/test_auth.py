@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import logging
+import socket
 import subprocess
 import sys
 import time
@@ -611,3 +612,37 @@ auth:
                         ).status_code == 200
     err = _stop(prod)
     assert token not in err and "AUTHENTICATION IS OFF" not in err
+
+
+def test_out_of_band_key_is_trusted_whatever_the_jku(tmp_path: Path, keys: Any, rules: RulesState) -> None:
+    """The sandbox signs with a jku at its public origin; an issuer configured with jwks_file still trusts the kid.
+
+    The jku here points at a listener that is never reached (and is not on any allowlist): the key comes
+    from the file, nothing is fetched. A kid that is NOT in the file still needs an allowlisted jku.
+    """
+    with socket.socket() as unreachable:  # bound, never listening: any fetch would fail or hang
+        unreachable.bind(("127.0.0.1", 0))
+        jku = f"http://127.0.0.1:{unreachable.getsockname()[1]}/.well-known/jwks.json"
+        write(tmp_path / "ehr-jwks.json", json.dumps({"keys": [keys["ES384"].public_jwk()]}))
+        config = write(tmp_path / "kbladder.yaml", f"""\
+public_url: {PUBLIC}
+database_url: sqlite:///{tmp_path / 'kb.sqlite3'}
+auth:
+  enabled: true
+  issuers:
+    - iss: {ISS}
+      jwks_file: ehr-jwks.json
+""")
+        settings = replace(Settings.load({}, config=config), reload_interval_s=0)
+        store = Store(settings.database_url)
+        app = create_app(settings, rules_state=rules, store=store)
+        cache = app.extensions["kbladder.jwks"]
+        with app.test_client() as client:
+            good = sign(keys["ES384"], claims(), jku=jku)
+            assert client.post(HOOK_PATH, json=hook_body(), headers={"Authorization": f"Bearer {good}"}
+                               ).status_code == 200
+            stranger = sign(keys["RS384"], claims(), jku=jku)  # kid not in the file: the jku must be allowlisted
+            assert client.post(HOOK_PATH, json=hook_body(), headers={"Authorization": f"Bearer {stranger}"}
+                               ).status_code == 401
+        assert cache.fetches == 0
+        store.dispose()

@@ -5,8 +5,10 @@ Every call to discovery (configurable), a service or its feedback URL must carry
 
 1. a Bearer token is present and is a JWS with ``alg`` in the issuer's list (never ``none`` or HS*),
    a ``kid``, and ``typ`` ``JWT`` when given;
-2. ``iss`` is a configured issuer; a ``jku`` header must be on that issuer's allowlist;
-3. the key is chosen by ``kid`` from the issuer's JWKS (out-of-band, or fetched from ``jku`` and cached),
+2. ``iss`` is a configured issuer;
+3. the key is chosen by ``kid``: from the issuer's out-of-band JWKS when it holds that ``kid`` (the token's
+   ``jku`` is then ignored, never fetched); otherwise from a ``jku`` header that must be on the issuer's
+   allowlist, or the issuer's configured jku URLs (fetched and cached),
    and must fit the algorithm (EC curve, RSA ≥ 2048 bits);
 4. PyJWT verifies the signature, ``iss`` and ``aud`` (= ``public_url`` + request path, J7) and that
    ``iss``, ``aud``, ``exp``, ``iat`` and ``jti`` are present;
@@ -184,18 +186,26 @@ def verify_request(settings: Settings, cache: JwksCache, static_keys: Mapping[st
 
 def _find_key(issuer: Issuer, header: Mapping[str, Any], kid: str, cache: JwksCache,
               static: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
-    """The JWK for *kid*: from the token's allowlisted ``jku``, else out-of-band keys, else configured jku URLs."""
+    """The JWK for *kid*: the issuer's out-of-band keys first, whatever the token's ``jku``; else the
+    token's allowlisted ``jku``; else the issuer's configured jku URLs.
+
+    WHY out-of-band first: keys exchanged out of band (``jwks_file``/``jwks``) are what the issuer told us
+    to trust. Clients such as the CDS Hooks sandbox put a ``jku`` pointing at their public origin on every
+    token; with a known ``kid`` that URL is neither needed nor fetched (no outbound call, no SSRF surface).
+    """
+    found = static.get(kid)
+    if found is not None:
+        return found
     jku = header.get("jku")
     if jku is not None:
         if not isinstance(jku, str) or jku.rstrip("/") not in issuer.jku:
             raise AuthFailure("jku not allowlisted for this issuer")
         found = cache.key(jku.rstrip("/"), kid)
     else:
-        found = static.get(kid)
         for url in issuer.jku:
+            found = cache.key(url, kid)
             if found is not None:
                 break
-            found = cache.key(url, kid)
     if found is None:
         raise AuthFailure("unknown kid")
     return found
