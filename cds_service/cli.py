@@ -215,9 +215,14 @@ def synth_cmd(seed: int, out: Path, now: str | None, backgrounds: Path | None, f
 @click.option("--patients-per-partition", type=click.IntRange(min=1), default=None,
               help="Patients evaluated per Dask task (bounds a task's memory; default 50).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+@click.option("--fhir", "fhir_url", help="Read patients from this FHIR server instead of an export (with --patient).")
+@click.option("--fhir-token", envvar="KBLADDER_FHIR_TOKEN", help="Bearer token for --fhir (prefer the variable "
+              "KBLADDER_FHIR_TOKEN: a command line is visible to other users).")
+@click.option("--patient", "patients", multiple=True, help="With --fhir: a patient id to replay (repeatable).")
 def simulate_cmd(export: Path | None, out: Path, rules_dir: Path, site: Path | None, compare_dir: Path | None,
                  compare_site: Path | None, as_of: tuple[str, ...], every_days: int | None, workers: int | None,
-                 scheduler: str | None, patients_per_partition: int | None, progress: bool) -> None:
+                 scheduler: str | None, patients_per_partition: int | None, progress: bool, fhir_url: str | None,
+                 fhir_token: str | None, patients: tuple[str, ...]) -> None:
     """Back-test rules over a FHIR Bulk Data export: replay every ketamine order, write a committee report.
 
     Exit status 0 when the run completed (bad lines are counted and listed, not fatal), 2 on unusable input.
@@ -230,7 +235,8 @@ def simulate_cmd(export: Path | None, out: Path, rules_dir: Path, site: Path | N
     request = command.Request(
         export=export, out=out, rules=rules_dir, site=site, compare=compare_dir, compare_site=compare_site,
         as_of=as_of, every_days=every_days, workers=workers or command.default_workers(), scheduler=scheduler,
-        patients_per_bucket=patients_per_partition or command.PATIENTS_PER_BUCKET, progress=progress)
+        patients_per_bucket=patients_per_partition or command.PATIENTS_PER_BUCKET, progress=progress,
+        fhir=fhir_url, fhir_token=fhir_token, patients=patients)
     try:
         result, data = command.simulate(request)
     except command.UnusableInput as exc:

@@ -226,13 +226,17 @@ def _damaged_export(export: Path, target: Path) -> dict[str, int]:
     condition = (target / "Condition.ndjson").read_text(encoding="utf-8").splitlines()[0]
     observations.insert(3, observations[3][: len(observations[3]) // 2])  # truncated mid-resource
     observations.insert(10, condition)  # a resource of the wrong type in the file
+    invalid = json.loads(observations[19])
+    invalid["valueQuantity"] = {"value": "a lot"}  # parses as JSON, is not FHIR (decimal expected)
+    observations[19] = json.dumps(invalid)
     (target / "Observation.ndjson").write_text("\n".join(observations) + "\n", encoding="utf-8")
     patients = (target / "Patient.ndjson").read_text(encoding="utf-8").splitlines()
     gone = json.loads(patients[0])["id"]
     (target / "Patient.ndjson").write_text("\n".join(patients[1:]) + "\n", encoding="utf-8")
     first_line = next(i for i, line in enumerate((target / "Condition.ndjson").read_text().splitlines(), 1)
                       if f'"Patient/{gone}"' in line)
-    return {"truncated": 4, "wrong_type": 11, "gone_line": first_line, "gone": gone}  # type: ignore[dict-item]
+    return {"truncated": 4, "wrong_type": 11, "invalid": 20, "gone_line": first_line,  # type: ignore[dict-item]
+            "gone": gone}
 
 
 def test_bad_lines_are_counted_and_reported_with_file_and_line_and_the_run_completes(
@@ -247,12 +251,13 @@ def test_bad_lines_are_counted_and_reported_with_file_and_line_and_the_run_compl
     found = {(p["file"], int(p["line"])): p["problem"] for p in problems}
     assert "not valid JSON" in found[("Observation.ndjson", where["truncated"])]
     assert "'Condition' in a Observation file" in found[("Observation.ndjson", where["wrong_type"])]
+    assert "not valid FHIR R4: invalid at " in found[("Observation.ndjson", where["invalid"])]
     # The patient without a Patient resource is named where its data first appears (files in name order).
     missing = [p for p in problems if f"patient {where['gone']} has no Patient resource" in p["problem"]]
     assert len(missing) == 1 and missing[0]["file"] == "Condition.ndjson"
     assert int(missing[0]["line"]) == where["gone_line"]
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-    assert summary["bad_lines"] == len(problems) == 3
+    assert summary["bad_lines"] == len(problems) == 4
     assert summary["replayed"]["patients_without_Patient_resource"] == 1
     assert f"Observation.ndjson:{where['truncated']}: not valid JSON" in result.stderr
 
@@ -376,3 +381,47 @@ def test_the_report_renders_its_charts_in_headless_chromium_without_console_erro
     text = seen.text()
     assert "KB-04" in text and "What changes" in text and data["rulesets"]["rules"]["version"] in text
     assert shot.stat().st_size > 20_000
+
+
+# ---------------------------------------------------------------- a FHIR server instead of an export
+
+
+def test_patients_read_from_a_fhir_server_replay_like_the_same_patients_of_an_export(
+        export: Path, rules: tuple[RuleSource, Any], synchronous: RunResult, fhir_server: Any) -> None:
+    from cds_service.simulate.fhirsource import FhirSource, run_fhir
+    from cds_service.synth import generate_cohort
+    from cds_service.synth.bulk import signed_orders
+
+    source, ruleset = rules
+    cohort = generate_cohort(SEED, NOW)
+    # A patient with a KB-02 critical card and a signed order, and one with a contained/referenced medication.
+    chosen = [p for p in cohort.patients if p.draft_orders][:2]
+    for patient in chosen:
+        bundle = patient.bundle
+        bundle["entry"] += [{"resource": o, "request": {"method": "PUT", "url": f"MedicationRequest/{o['id']}"}}
+                            for o in signed_orders(patient)]
+        fhir_server.post_bundle(bundle)
+    ids = [p.id for p in chosen]
+    from_fhir = run_fhir(FhirSource(fhir_server.base_url, fhir_server.token), [*ids, "no-such-patient"],
+                         [source], [ruleset], Plan(as_of=(parse_instant(NOW),)))
+    from_export = rows_by_patient(synchronous)
+    assert [r.patient for r in from_fhir.replays] == sorted(ids)
+    for replay in from_fhir.replays:
+        assert replay.rows == from_export[replay.patient], replay.patient
+    assert from_fhir.exposed == 2 and from_fhir.patients_in_export == 3
+    # The unknown patient could not be read: listed as a problem, never a silent "no cards".
+    assert any("no-such-patient" in p.file for p in from_fhir.problems)
+
+
+def test_a_fhir_source_without_access_is_unusable_input(export: Path, tmp_path: Path) -> None:
+    from cds_service.simulate import command
+
+    with pytest.raises(command.UnusableInput, match="--patient"):
+        command.simulate(command.Request(export=None, out=tmp_path, rules=REPO / "rules",
+                                         fhir="http://127.0.0.1:9/fhir"))
+    with pytest.raises(command.UnusableInput, match="either EXPORT"):
+        command.simulate(command.Request(export=export, out=tmp_path, rules=REPO / "rules",
+                                         fhir="http://127.0.0.1:9/fhir", patients=("p",)))
+    with pytest.raises(command.UnusableInput, match="--fhir"):
+        command.simulate(command.Request(export=None, out=tmp_path, rules=REPO / "rules",
+                                         fhir="file:///etc/passwd", patients=("p",)))

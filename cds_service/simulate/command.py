@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cds_service.clinical.timeutil import TimeError, iso, parse_instant
+from cds_service.fhir.client import FhirClient
 from cds_service.simulate.ndjson import MANIFEST, ExportError, export_files
 from cds_service.simulate.output import build_summary, write_outputs
 from cds_service.simulate.pipeline import PATIENTS_PER_BUCKET, RunResult, run
@@ -43,6 +44,9 @@ class Request:
     scheduler: str | None = None
     patients_per_bucket: int = PATIENTS_PER_BUCKET
     progress: bool = True
+    fhir: str | None = None  # a FHIR base URL instead of an export
+    fhir_token: str | None = None
+    patients: tuple[str, ...] = ()  # with fhir: the patient ids to replay
 
 
 def parse_times(values: Sequence[str]) -> tuple[datetime, ...]:
@@ -106,27 +110,48 @@ def dask_client(workers: int, scheduler: str | None) -> Iterator[Any]:
 
 def simulate(request: Request) -> tuple[RunResult, dict[str, Any]]:
     """Run the back-test and write its outputs; raises UnusableInput (exit 2)."""
-    if request.export is None:
-        raise UnusableInput("EXPORT: give a Bulk Data export folder")
+    if (request.export is None) == (request.fhir is None):
+        raise UnusableInput("give either EXPORT (a Bulk Data export folder) or --fhir URL with --patient ids")
+    if request.fhir is not None and not request.patients:
+        raise UnusableInput("--fhir: name the patients to replay with --patient ID (repeatable)")
     if request.out.exists() and not request.out.is_dir():
         raise UnusableInput(f"--out {request.out}: exists and is not a folder")
     times = parse_times(request.as_of)
-    try:
-        export_files(request.export)  # an unusable export is reported before the rules are loaded
-    except ExportError as exc:
-        raise UnusableInput(str(exc)) from exc
+    fhir = None
+    if request.fhir is not None:
+        from cds_service.simulate.fhirsource import FhirSource
+
+        try:
+            FhirClient(request.fhir)  # the service's outbound-URL judge, before any work
+        except ValueError as exc:
+            raise UnusableInput(f"--fhir {request.fhir}: {exc}") from exc
+        fhir = FhirSource(request.fhir, request.fhir_token)
+    else:
+        assert request.export is not None
+        try:
+            export_files(request.export)  # an unusable export is reported before the rules are loaded
+        except ExportError as exc:
+            raise UnusableInput(str(exc)) from exc
     sources, rulesets = load_rules(request)
-    plan = Plan(as_of=times, every_days=request.every_days, end=export_time(request.export))
+    plan = Plan(as_of=times, every_days=request.every_days,
+                end=export_time(request.export) if request.export else None)
     try:
         with dask_client(request.workers, request.scheduler) as client:
-            result = run(request.export, sources, rulesets, plan, client=client, progress=request.progress,
-                         patients_per_bucket=request.patients_per_bucket)
+            if fhir is not None:
+                from cds_service.simulate.fhirsource import run_fhir
+
+                result = run_fhir(fhir, request.patients, sources, rulesets, plan, client=client,
+                                  progress=request.progress)
+            else:
+                assert request.export is not None
+                result = run(request.export, sources, rulesets, plan, client=client, progress=request.progress,
+                             patients_per_bucket=request.patients_per_bucket)
     except ExportError as exc:
         raise UnusableInput(str(exc)) from exc
     labels = {source.label: {rule.id: rule.version for rule in ruleset.rules}
               for source, ruleset in zip(sources, rulesets, strict=True)}
     data = build_summary(
-        result, labels, export=str(request.export),
+        result, labels, export=str(request.export or request.fhir),
         ruleset_versions={source.label: source.version for source in sources},
         plan={"as_of": [iso(t) for t in times], "every_days": request.every_days,
               "end": iso(plan.end) if plan.end else None,

@@ -35,17 +35,21 @@ class Verdict:
 
 def decide(ruleset: RuleSet, resources: Sequence[Mapping[str, Any]], *, hook: str, now: datetime,
            drafts: Sequence[Mapping[str, Any]] = (), patient_id: str | None = None,
-           max_cards: int = MAX_CARDS, card_settings: CardSettings | None = None) -> Verdict:
-    """Decide one hook call from complete data (an export holds everything the EHR would have prefetched)."""
+           max_cards: int = MAX_CARDS, card_settings: CardSettings | None = None,
+           unavailable: Mapping[str, str] | None = None) -> Verdict:
+    """Decide one hook call from the data the EHR would have had (``unavailable``: types that could not be
+    fetched, type → why; an export is complete, a FHIR source may not be)."""
     valid, skipped = parse_resources(resources)
     valid_drafts, skipped_drafts = parse_resources(drafts if hook != "patient-view" else ())
     skipped = skipped + skipped_drafts
-    unavailable: dict[str, str] = {}
+    incomplete: dict[str, str] = dict(unavailable or {})
     for problem in skipped:
-        unavailable.setdefault(problem.resource_type, f"{problem.resource_type}: malformed resource(s) skipped")
-    record = PatientRecord(valid, drafts=valid_drafts, ordinal_codes=ruleset.ordinal_codes, unavailable=unavailable)
+        incomplete.setdefault(problem.resource_type, f"{problem.resource_type}: malformed resource(s) skipped")
+    record = PatientRecord(valid, drafts=valid_drafts, ordinal_codes=ruleset.ordinal_codes, unavailable=incomplete)
     evaluation = evaluate(ruleset, record, hook=hook, now=now)
-    gaps = [f"{len(skipped)} FHIR resource(s) could not be read and were skipped"] if skipped else []
+    gaps = sorted(set((unavailable or {}).values()))
+    if skipped:
+        gaps.append(f"{len(skipped)} FHIR resource(s) could not be read and were skipped")
     cards = build_cards(evaluation, patient_id=patient_id, data_gaps=gaps, max_cards=max_cards,
                         settings=card_settings or CardSettings())
     return Verdict(evaluation, cards, undecided_rules(evaluation), len(skipped))

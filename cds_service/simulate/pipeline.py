@@ -114,7 +114,7 @@ def route(part: Part, exposed: frozenset[str], buckets: int) -> tuple[list[dict[
     """Pass 2 over one partition: the exposed patients' resources, split into ``buckets`` shares.
 
     Each share maps patient id → [(file:line of the resource, resource)]. Also counts Patient lines (the
-    export's patient count) and reports lines without a patient and resources that are not valid FHIR.
+    export's patient count) and reports lines without a patient.
     """
     shares: list[dict[str, Any]] = [{} for _ in range(buckets)]
     problems: list[LineProblem] = []
@@ -133,9 +133,6 @@ def route(part: Part, exposed: frozenset[str], buckets: int) -> tuple[list[dict[
             continue
         if patient not in exposed:
             continue
-        invalid = check_resource(item)
-        if invalid is not None:  # still handed on: the decision marks its type incomplete, as the service does
-            problems.append(LineProblem(part.name, number, f"not valid FHIR R4: {invalid.message}"))
         shares[bucket_of(patient, buckets)].setdefault(patient, []).append((f"{part.name}:{number}", item))
     return shares, {"problems": problems, "lines": lines, "patients": patients}
 
@@ -158,9 +155,14 @@ def evaluate_record(record: tuple[str, Located], sources: Sequence[RuleSource],
     """Replay one patient with every rule set; a missing Patient resource is reported where the patient appears."""
     patient, located = record
     resources = [resource for _, resource in located]
+    problems = []
+    for where, resource in located:  # checked here, where the decision's own check then hits the cache
+        invalid = check_resource(resource)
+        if invalid is not None:  # still handed on: the decision marks its type incomplete, as the service does
+            file, _, line = where.rpartition(":")
+            problems.append(LineProblem(file, int(line), f"not valid FHIR R4: {invalid.message}"))
     rulesets = {source.label: ruleset_of(source) for source in sources}
     replay = replay_patient(patient, resources, rulesets, medications, plan)
-    problems = []
     if not replay.has_patient:
         where = min(located, key=lambda item: item[0])[0]
         file, _, line = where.rpartition(":")
@@ -172,7 +174,7 @@ def evaluate_record(record: tuple[str, Located], sources: Sequence[RuleSource],
 # ---------------------------------------------------------------- the driver
 
 
-def _compute(obj: Any, client: Any, progress: bool, label: str) -> Any:
+def compute(obj: Any, client: Any, progress: bool, label: str) -> Any:
     """Run a graph with a library progress bar: distributed's for a cluster, dask's for the local scheduler."""
     if client is not None:
         futures = client.compute(obj)
@@ -215,7 +217,7 @@ def run(export: Path, sources: Sequence[RuleSource], rulesets: Sequence[Any], pl
     scan_parts = [part for rtype in sorted(MEDICATION_RESOURCES) for path in files.get(rtype, [])
                   for part in partitions(path, rtype, block_bytes)]
     scans = [delayed(scan_exposure, pure=True)(part, first, meds) for part in scan_parts]
-    scanned = _compute(scans, client, progress, "pass 1: medication files")
+    scanned = compute(scans, client, progress, "pass 1: medication files")
     exposed: set[str] = set()
     for item in scanned:
         exposed |= item["exposed"]
@@ -230,7 +232,7 @@ def run(export: Path, sources: Sequence[RuleSource], rulesets: Sequence[Any], pl
     routed = [delayed(route, pure=True, nout=2)(part, exposed_ref, buckets) for part in read_parts]
     records = db.from_delayed([delayed(group, pure=True)([r[0][b] for r in routed]) for b in range(buckets)])
     evaluated = records.map(partial(evaluate_record, sources=tuple(sources), plan=plan), medications=meds)
-    outcomes, stats = _compute((evaluated, [r[1] for r in routed]), client, progress,
+    outcomes, stats = compute((evaluated, [r[1] for r in routed]), client, progress,
                                f"pass 2: {len(read_parts)} partition(s) → {buckets} bucket(s) of patients")
     # Medication files are read by both passes: their lines are counted once (pass 2), their bad lines
     # reported once (the same LineProblem from both passes is one set member).
