@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint check-rules test-rules services clean bench
+.PHONY: install run test lint check-rules test-rules services clean bench schema
 
 $(STAMP): pyproject.toml
 	@./scripts/ensure-venv.sh "$(PYTHON)" "$(VENV)"
@@ -25,6 +25,10 @@ check-rules: install
 
 test-rules: install
 	$(BIN)/kbladder rules test rules/tests
+
+# Regenerate the rule JSON Schema (block registry + hook table) and the editors' copy in rules/schema.
+schema: install
+	$(BIN)/python -m cds_service.engine.schema rules/schema
 
 # What the tests talk to: a real FHIR server (own venv), PostgreSQL, and a headless Chromium.
 services:

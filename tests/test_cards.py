@@ -34,7 +34,7 @@ def cards_for(rules: RuleSet, items: list[dict[str, Any]], *, hook: str = "patie
 
 
 def critical_card(rules: RuleSet) -> dict[str, Any]:
-    (card,) = cards_for(rules, [admin("-7d"), GROSS_HEMATURIA], hook="order-sign", drafts=[NEXT_DOSE])
+    (card,) = cards_for(rules, [admin("-14d"), admin("-7d"), GROSS_HEMATURIA], hook="order-sign", drafts=[NEXT_DOSE])
     return card
 
 
@@ -53,7 +53,7 @@ def test_card_shape(project: RuleSet) -> None:
     card = critical_card(project)
     assert uuid.UUID(card["uuid"]).version == 4
     assert card["indicator"] == "critical"
-    assert card["summary"].startswith("Visible or heavy blood in urine after 1 ketamine session")
+    assert card["summary"].startswith("Visible or heavy blood in urine after 2 ketamine sessions")
     assert card["source"]["label"] == "k-bladder CDS"
     assert card["source"]["topic"]["code"] == "KB-02"
     assert card["source"]["topic"]["system"] == "https://kbladder-cds.org/fhir/CodeSystem/rule"
@@ -79,11 +79,14 @@ def test_evidence_table_in_markdown(project: RuleSet) -> None:
 
 def test_evidence_is_also_machine_readable(project: RuleSet) -> None:
     evidence = critical_card(project)["extension"]["org.kbladder-cds.evidence"]
-    assert [row["reference"] for row in evidence] == ["MedicationAdministration/admin1", "Condition/cond2"]
+    assert [row["reference"] for row in evidence] == [
+        "MedicationAdministration/admin1", "MedicationAdministration/admin2", "Condition/cond3",
+        "MedicationRequest/next-dose",
+    ]
     assert evidence[0] == {
         "reference": "MedicationAdministration/admin1",
         "item": "Ketamine (as ketamine hydrochloride) 50 mg/mL solution for injection (administration)",
-        "date": "2026-05-25T09:00:00Z",
+        "date": "2026-05-18T09:00:00Z",
         "value": "35 mg",
     }
 
@@ -144,7 +147,7 @@ def test_delete_action_names_the_draft_order(project: RuleSet) -> None:
 
 
 def test_tier_limited_and_draft_actions_drop_out_of_a_warning_card(project: RuleSet) -> None:
-    (card,) = cards_for(project, [admin("-7d"), obs("LOINC#5794-3", "-1d", "1+")])
+    (card,) = cards_for(project, [admin("-14d"), admin("-7d"), obs("LOINC#5794-3", "-1d", "1+")])
     assert card["indicator"] == "warning"
     labels = [s["label"] for s in card["suggestions"]]
     assert "Refer to urology" in labels
@@ -173,13 +176,13 @@ def test_no_card_when_nothing_fires(project: RuleSet) -> None:
 
 def test_site_settings_name_the_source(project: RuleSet) -> None:
     settings = CardSettings(source_label="St Elsewhere CDS", source_url="https://cds.example.org/about")
-    (card,) = cards_for(project, [admin("-7d"), GROSS_HEMATURIA], settings=settings)
+    (card,) = cards_for(project, [admin("-14d"), admin("-7d"), GROSS_HEMATURIA], settings=settings)
     assert card["source"]["label"] == "St Elsewhere CDS"
     assert card["source"]["url"] == "https://cds.example.org/about"
 
 
 def test_missing_data_is_listed_in_the_card(project: RuleSet) -> None:
-    (card,) = cards_for(project, [admin("-7d"), GROSS_HEMATURIA],
+    (card,) = cards_for(project, [admin("-14d"), admin("-7d"), GROSS_HEMATURIA],
                         data_gaps=["Observation/o9 skipped: invalid at status"])
     assert "**Data not available** (advice based on partial data):\n\n- Observation/o9 skipped" in card["detail"]
     assert card["extension"]["org.kbladder-cds.missingData"] == ["Observation/o9 skipped: invalid at status"]
@@ -187,7 +190,7 @@ def test_missing_data_is_listed_in_the_card(project: RuleSet) -> None:
 
 def test_injected_uuids_make_cards_reproducible(project: RuleSet) -> None:
     counter = iter(range(100))
-    (card,) = cards_for(project, [admin("-7d"), GROSS_HEMATURIA], new_id=lambda: f"id-{next(counter)}")
+    (card,) = cards_for(project, [admin("-14d"), admin("-7d"), GROSS_HEMATURIA], new_id=lambda: f"id-{next(counter)}")
     assert card["uuid"] == "id-0"
     assert [s["uuid"] for s in card["suggestions"]] == ["id-1", "id-2", "id-3"]
 

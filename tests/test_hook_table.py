@@ -6,7 +6,7 @@ from typing import Any
 
 from cds_service.cdshooks.hooks import HOOKS, SERVICES, drafts_to_evaluate, service_for
 from cds_service.cli import HOOK_CHOICE
-from cds_service.engine.loader import schema
+from cds_service.engine.schema import load_schema as schema
 from cds_service.synth import generate_cohort
 
 

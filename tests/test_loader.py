@@ -213,7 +213,8 @@ def test_fhirpath_that_reads_the_clock_is_refused(tmp_path: Path) -> None:
 
 def test_fhirpath_unknown_variable(tmp_path: Path) -> None:
     body = GOOD.replace("above: $heavy}}}}", "above: $heavy}, fhirpath: \"value.value > %heavvy\"}}}")
-    broken(tmp_path, rule_text(body), '"value.value', "FHIRPath variable %heavvy is neither a parameter nor %now")
+    broken(tmp_path, rule_text(body), '"value.value',
+           "FHIRPath variable %heavvy is neither a parameter, %now nor %hook")
 
 
 def test_unknown_parameter_with_suggestion(tmp_path: Path) -> None:

@@ -18,6 +18,10 @@ from cds_service.engine.model import Anchor, DataRequirement, Ordinal, Quantity,
 from cds_service.engine.trace import Outcome, Truth
 
 Span = tuple[datetime | None, datetime]
+# Which resource type each kind of exposure interval comes from; a draft order ("planned") is the
+# hook's context, not record data, so it counts whatever resource types a data key reads.
+SESSION_SOURCE = {"administration": "MedicationAdministration", "statement": "MedicationStatement",
+                  "supply": "MedicationRequest"}
 ANCHORS = ("now", "course_start", "course_end", "first_session", "last_session", "planned_start", "current")
 
 
@@ -36,6 +40,7 @@ class RuleContext:
         self._memo: dict[tuple[Any, ...], list[Any]] = {}
         self.variables: dict[str, Any] = {
             "now": iso(now),
+            "hook": hook,
             **{name: _fhirpath_value(p.value) for name, p in rule.parameters.items()},
         }
 
@@ -71,8 +76,11 @@ class RuleContext:
             weights = self.rule.data.get(data.body_weight) if data.body_weight else None
             since = self._since(data)
             sessions = self.record.sessions(data.valueset, weights.valueset if weights else None, self.now)
-            found = self._memo[memo] = [s for s in sessions
-                                        if (planned or not s.planned) and (since is None or s.end >= since)]
+            found = self._memo[memo] = [
+                s for s in sessions
+                if (planned or not s.planned) and (since is None or s.end >= since)
+                and (s.planned or SESSION_SOURCE.get(s.kind) in data.resources)
+            ]
         return found
 
     def sessions_in(

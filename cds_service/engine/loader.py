@@ -14,7 +14,6 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,8 @@ from cds_service.clinical.valueset import (
     ValueSet,
     canonical_system,
 )
-from cds_service.engine import conditions as cond
+from cds_service.engine.blocks.base import Node
+from cds_service.engine.blocks.logic import compile_condition, implies
 from cds_service.engine.context import ANCHORS
 from cds_service.engine.display import display
 from cds_service.engine.fhirpath import FhirPath, syntax_errors
@@ -59,9 +59,9 @@ from cds_service.engine.model import (
     Window,
     digest_of,
 )
+from cds_service.engine.schema import load_schema
 from cds_service.engine.yamlpos import Located, Path_, Problem, YamlError, load_file
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "rules" / "schema"
 OVERRIDE_SYSTEM = "https://kbladder-cds.org/fhir/CodeSystem/override-reason"
 TEMPLATE_NAMES = frozenset({"rule", "params", "cond", "holds", "course", "tier"})
 RULE_FILE_SUFFIXES = (".yaml", ".yml")
@@ -83,12 +83,6 @@ class LoadResult:
         return self.ruleset is not None
 
 
-@lru_cache(maxsize=8)
-def schema(name: str) -> dict[str, Any]:
-    """A JSON Schema from rules/schema (the same files editors use for completion)."""
-    return json.loads((SCHEMA_DIR / f"{name}.schema.json").read_text(encoding="utf-8"))
-
-
 def schema_problems(located: Located, schema_name: str) -> list[Problem]:
     """Every schema violation of a document, at the line of the offending value or key."""
     return schema_check(located, schema_name)[0]
@@ -96,7 +90,7 @@ def schema_problems(located: Located, schema_name: str) -> list[Problem]:
 
 def schema_check(located: Located, schema_name: str) -> tuple[list[Problem], bool]:
     """(problems, structural): unknown keys are reported but do not stop the checks of meaning."""
-    validator = jsonschema.Draft202012Validator(schema(schema_name))
+    validator = jsonschema.Draft202012Validator(load_schema(schema_name))
     problems = []
     structural = False
     for error in sorted(validator.iter_errors(located.data), key=lambda e: list(map(str, e.absolute_path))):
@@ -414,9 +408,9 @@ class RuleCompiler:
         for name in sorted(
             variables
             - set(self.doc.get("parameters") or {})
-            - {"now", "ucum", "context", "resource", "rootResource"}
+            - {"now", "hook", "ucum", "context", "resource", "rootResource"}
         ):
-            self.problem(path, f"FHIRPath variable %{name} is neither a parameter nor %now")
+            self.problem(path, f"FHIRPath variable %{name} is neither a parameter, %now nor %hook")
         return None if errors else FhirPath.compile(raw)
 
     # Compile -------------------------------------------------------
@@ -431,9 +425,9 @@ class RuleCompiler:
             else:
                 self.broken_windows.add(name)
         course = self._course()
-        compiled: dict[str, cond.Node] = {}
+        compiled: dict[str, Node] = {}
         for name, raw in (doc.get("conditions") or {}).items():
-            node = cond.compile_condition(raw, ("conditions", name), self)
+            node = compile_condition(raw, ("conditions", name), self)
             if node is not None:
                 compiled[name] = node
         self._check_cycles(doc.get("conditions") or {})
@@ -567,13 +561,13 @@ class RuleCompiler:
         tiers: list[Tier] = []
         for i, raw in enumerate(self.doc.get("tiers") or []):
             path = ("tiers", i)
-            when = cond.compile_condition(raw["when"], (*path, "when"), self)
+            when = compile_condition(raw["when"], (*path, "when"), self)
             summary = self._template(raw.get("summary"), (*path, "summary"))
             detail = self._template(raw.get("detail"), (*path, "detail"))
             if when is None:
                 continue
             for j, earlier in enumerate(tiers):
-                if cond.implies(when, earlier.when):
+                if implies(when, earlier.when):
                     self.problem(
                         (*path, "when"),
                         f"unreachable tier ({raw['indicator']}): whenever it holds, "
@@ -638,6 +632,12 @@ class RuleCompiler:
         referenced = set()
         for raw in [t["when"] for t in doc.get("tiers") or []] + list((doc.get("conditions") or {}).values()):
             referenced |= set(_names_in(raw))
+        # A condition that only shapes the wording (``holds.late_finding``, ``cond.x``) is used too.
+        card = doc.get("card") if isinstance(doc.get("card"), Mapping) else {}
+        texts = [card.get("summary"), card.get("detail")] + [t.get("summary") for t in doc.get("tiers") or []]
+        for text in texts:
+            if isinstance(text, str):
+                referenced |= set(re.findall(r"\b(?:holds|cond)\.([A-Za-z_][A-Za-z0-9_]*)", text))
         for name in sorted(self.condition_names - referenced):
             self.problem(("conditions", name), f"condition {name!r} is not used by any tier", severity="warning")
         used_in_text = json.dumps(doc.get("card", {})) + json.dumps(doc.get("tiers", []))

@@ -18,7 +18,9 @@ from cds_service.clinical.timeutil import Duration
 from cds_service.clinical.valueset import ValueSet
 
 if TYPE_CHECKING:
-    from cds_service.engine.conditions import Node
+    # Type-only, never imported at run time: a rule holds compiled condition nodes, and a node is
+    # evaluated against a RuleContext that holds the rule (blocks/base.py ↔ context.py ↔ this module).
+    from cds_service.engine.blocks.base import Node
 
 INDICATORS = ("info", "warning", "critical")
 SEVERITY = {name: rank for rank, name in enumerate(INDICATORS)}
