@@ -425,3 +425,15 @@ def test_a_fhir_source_without_access_is_unusable_input(export: Path, tmp_path: 
     with pytest.raises(command.UnusableInput, match="--fhir"):
         command.simulate(command.Request(export=None, out=tmp_path, rules=REPO / "rules",
                                          fhir="file:///etc/passwd", patients=("p",)))
+
+
+def test_the_bundled_synthea_backgrounds_ride_along_in_the_export_without_changing_any_card(
+        synchronous: RunResult, rules: tuple[RuleSource, Any], tmp_path: Path) -> None:
+    out = tmp_path / "with-backgrounds"
+    write_export(SEED, out, NOW, backgrounds=REPO / "tests" / "data" / "synthetic-fhir-r4")
+    assert (out / "Encounter.ndjson").stat().st_size > 0  # Synthea encounters: no rule reads them
+    source, ruleset = rules
+    result = run(out, [source], [ruleset], Plan(as_of=(parse_instant(NOW),)))
+    assert "Encounter.ndjson" in result.files_not_read
+    assert result.lines_read > synchronous.lines_read  # the background Conditions and Observations were read
+    assert [(r.patient, r.rows) for r in result.replays] == [(r.patient, r.rows) for r in synchronous.replays]

@@ -16,9 +16,11 @@ from typing import Any
 from cds_service.clinical.record import PatientRecord
 from cds_service.engine.cards import CardSettings, build_cards
 from cds_service.engine.evaluate import Evaluation, evaluate
-from cds_service.engine.model import RuleSet
+from cds_service.engine.model import MEDICATION_RESOURCES, RuleSet
 from cds_service.fhir.parse import parse_resources
+from cds_service.fhir.references import MEDICATION_KEY
 from cds_service.http.pipeline import undecided_rules
+from cds_service.http.services import resource_type_of
 
 MAX_CARDS = 10  # the service's default (Settings.max_cards)
 
@@ -36,18 +38,21 @@ class Verdict:
 def decide(ruleset: RuleSet, resources: Sequence[Mapping[str, Any]], *, hook: str, now: datetime,
            drafts: Sequence[Mapping[str, Any]] = (), patient_id: str | None = None,
            max_cards: int = MAX_CARDS, card_settings: CardSettings | None = None,
-           unavailable: Mapping[str, str] | None = None) -> Verdict:
-    """Decide one hook call from the data the EHR would have had (``unavailable``: types that could not be
-    fetched, type → why; an export is complete, a FHIR source may not be)."""
+           missing: Mapping[str, str] | None = None) -> Verdict:
+    """Decide one hook call from the data the EHR would have had (``missing``: data keys — prefetch keys,
+    ``medication`` — that could not be obtained, key → why; an export is complete, a FHIR source may not be)."""
     valid, skipped = parse_resources(resources)
     valid_drafts, skipped_drafts = parse_resources(drafts if hook != "patient-view" else ())
     skipped = skipped + skipped_drafts
-    incomplete: dict[str, str] = dict(unavailable or {})
+    incomplete: dict[str, str] = {}
+    for key, why in (missing or {}).items():
+        for rtype in sorted(MEDICATION_RESOURCES if key == MEDICATION_KEY else {resource_type_of(key)}):
+            incomplete.setdefault(rtype, f"{key}: {why}")
     for problem in skipped:
         incomplete.setdefault(problem.resource_type, f"{problem.resource_type}: malformed resource(s) skipped")
     record = PatientRecord(valid, drafts=valid_drafts, ordinal_codes=ruleset.ordinal_codes, unavailable=incomplete)
     evaluation = evaluate(ruleset, record, hook=hook, now=now)
-    gaps = sorted(set((unavailable or {}).values()))
+    gaps = [f"{key}: {why}" for key, why in (missing or {}).items()]
     if skipped:
         gaps.append(f"{len(skipped)} FHIR resource(s) could not be read and were skipped")
     cards = build_cards(evaluation, patient_id=patient_id, data_gaps=gaps, max_cards=max_cards,

@@ -15,11 +15,10 @@ from typing import Any
 
 import dask.bag as db
 
-from cds_service.engine.model import MEDICATION_RESOURCES
 from cds_service.fhir.client import FetchLimits
 from cds_service.fhir.prefetch import gather
-from cds_service.fhir.references import resolve_medications
-from cds_service.http.services import COUNT, prefetch_key, resource_type_of
+from cds_service.fhir.references import MEDICATION_KEY, resolve_medications
+from cds_service.http.services import COUNT, prefetch_key
 from cds_service.simulate.ndjson import LineProblem
 from cds_service.simulate.pipeline import RunResult, compute, types_read
 from cds_service.simulate.replay import PatientReplay, Plan, replay_patient
@@ -49,35 +48,32 @@ def templates(types: set[str]) -> dict[str, str]:
 
 
 def fetch_patient(source: FhirSource, patient: str, types: set[str]) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """The patient's resources and, per resource type, why its data is incomplete (empty: complete)."""
+    """The patient's resources and the data keys that could not be (fully) obtained, key → why."""
     gathered = gather(templates(types), None, {"patientId": patient, "userId": "Practitioner/backtest"},
                       fhir_server=source.base_url, access_token=source.token, limits=source.limits,
                       allow_unauthenticated_fhir=source.allow_unauthenticated)
     medications = resolve_medications(gathered.resources, fhir_server=source.base_url, access_token=source.token,
                                       limits=source.limits, allow_unauthenticated_fhir=source.allow_unauthenticated)
-    unavailable: dict[str, str] = {}
-    for key, why in gathered.missing.items():
-        rtype = "Patient" if key == "patient" else resource_type_of(key)
-        unavailable.setdefault(rtype, f"{key}: {why}")
+    missing = dict(gathered.missing)
     if medications.missing:
-        for rtype in sorted(MEDICATION_RESOURCES):
-            unavailable.setdefault(rtype, f"medication: {medications.missing}")
-    return gathered.resources + medications.resources, unavailable
+        missing[MEDICATION_KEY] = medications.missing
+    return gathered.resources + medications.resources, missing
 
 
 def replay_from_fhir(patient: str, source: FhirSource, sources: Sequence[RuleSource], types: set[str],
                      plan: Plan) -> tuple[PatientReplay | None, list[LineProblem], bool]:
     """(replay or None if never exposed, problems, exposed?) for one patient id."""
-    resources, unavailable = fetch_patient(source, patient, types)
-    problems = [LineProblem(f"{source.base_url} Patient/{patient}", 0, f"{why} (rules reading it are undecided)")
-                for why in sorted(set(unavailable.values()))]
+    resources, missing = fetch_patient(source, patient, types)
+    problems = [LineProblem(f"{source.base_url} Patient/{patient}", 0, f"{key}: {why} (rules reading it are "
+                                                                       "undecided)")
+                for key, why in sorted(missing.items())]
     rulesets = {rs.label: ruleset_of(rs) for rs in sources}
     medications = {f"Medication/{r.get('id')}": r for r in resources if r.get("resourceType") == "Medication"}
     exposed = ExposureCheck(next(iter(rulesets.values())), medications)
     if not any(exposed(r) for r in resources):
         return None, problems, False
     records = [r for r in resources if r.get("resourceType") != "Medication"]
-    replay = replay_patient(patient, records, rulesets, medications, plan, unavailable=unavailable)
+    replay = replay_patient(patient, records, rulesets, medications, plan, missing=missing)
     return replay, problems, True
 
 

@@ -82,13 +82,13 @@ def replay_patient(
     medications: Mapping[str, Mapping[str, Any]],
     plan: Plan,
     *,
-    unavailable: Mapping[str, str] | None = None,
+    missing: Mapping[str, str] | None = None,
 ) -> PatientReplay:
     """Every replayed moment of one patient, decided by each rule set (``rulesets``: label → rule set).
 
     The moments come from the first rule set's idea of ketamine (its medication value sets), so a
-    compared rule set is judged on exactly the same calls. ``unavailable``: resource types whose data could
-    not be obtained (a FHIR source's failed searches), passed to every decision as the service does.
+    compared rule set is judged on exactly the same calls. ``missing``: data keys that could not be obtained
+    (a FHIR source's failed searches, key → why), passed to every decision as the service does.
     """
     first = next(iter(rulesets.values()))
     exposed = ExposureCheck(first, medications)
@@ -102,20 +102,20 @@ def replay_patient(
         end = max((t for r in resources if (t := recorded_at(r)) is not None), default=None)
     views = view_moments(plan.as_of, plan.every_days, first_exposure(resources, exposed), end)
     for moment in sorted([*orders, *views], key=lambda m: (m.at, m.hook)):
-        out.rows.append(_decide_moment(patient, moment, resources, referenced, rulesets, unavailable or {}))
+        out.rows.append(_decide_moment(patient, moment, resources, referenced, rulesets, missing or {}))
     return out
 
 
 def _decide_moment(patient: str, moment: Moment, resources: Sequence[Mapping[str, Any]],
                    referenced: Sequence[Mapping[str, Any]], rulesets: Mapping[str, RuleSet],
-                   unavailable: Mapping[str, str]) -> dict[str, Any]:
+                   missing: Mapping[str, str]) -> dict[str, Any]:
     leave_out = frozenset(f"MedicationRequest/{oid}" for oid in moment.order_ids)
     view = visible(resources, moment.at, leave_out) + list(referenced)
     row: dict[str, Any] = {"patient": patient, "hook": moment.hook, "at": iso(moment.at),
                            "orders": list(moment.order_ids), "by": {}}
     for label, ruleset in rulesets.items():
         verdict = decide(ruleset, view, hook=moment.hook, now=moment.at, drafts=moment.drafts, patient_id=patient,
-                         unavailable=unavailable)
+                         missing=missing)
         row["by"][label] = verdict_row(verdict)
     return row
 
