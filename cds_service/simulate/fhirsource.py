@@ -67,6 +67,9 @@ def replay_from_fhir(patient: str, source: FhirSource, sources: Sequence[RuleSou
     problems = [LineProblem(f"{source.base_url} Patient/{patient}", 0, f"{key}: {why} (rules reading it are "
                                                                        "undecided)")
                 for key, why in sorted(missing.items())]
+    if "patient" not in missing and not any(r.get("resourceType") == "Patient" for r in resources):
+        problems.append(LineProblem(f"{source.base_url} Patient/{patient}", 0,
+                                    "no such Patient on the server (not found); nothing replayed"))
     rulesets = {rs.label: ruleset_of(rs) for rs in sources}
     medications = {f"Medication/{r.get('id')}": r for r in resources if r.get("resourceType") == "Medication"}
     exposed = ExposureCheck(next(iter(rulesets.values())), medications)
