@@ -22,6 +22,7 @@ from cds_service.http.auth import install_auth
 from cds_service.http.context import EXTENSION, ServiceContext, wall_clock
 from cds_service.http.cors import install_cors
 from cds_service.http.errors import register_error_handlers
+from cds_service.http.metrics import install_metrics
 from cds_service.rules_state import RulesState
 from cds_service.store import Store
 
@@ -56,6 +57,7 @@ def create_app(
     for blueprint in (discovery.bp, hooks.bp, feedback.bp, health.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
+    install_metrics(app, rules_state)  # before auth: refused calls are counted too
     install_cors(app, settings.cors_origins)
     _install_access_log(app, settings)  # before auth: refused calls are logged too
     install_auth(app, settings)  # JWT on discovery, service and feedback URLs when settings.auth.enabled
@@ -71,7 +73,8 @@ def patient_hash(key: bytes, patient_id: str) -> str:
 
 
 def _install_access_log(app: Flask, settings: Settings) -> None:
-    """One JSON line per request: method, path, status, ms (never headers, query values or bodies)."""
+    """One JSON line per request: method, path, status, ms, the rules that fired (never headers, query values
+    or bodies)."""
     # Without a configured key each process draws its own: hashes still correlate one worker's calls.
     app.extensions[LOG_KEY] = (settings.log_hash_key or "").encode("utf-8") or secrets.token_bytes(32)
 
@@ -94,6 +97,7 @@ def _install_access_log(app: Flask, settings: Settings) -> None:
             fields["patient"] = patient_hash(app.extensions[LOG_KEY], g.patient_id)
         if g.get("cards") is not None:
             fields["cards"] = g.cards
+            fields["rules"] = g.get("rules_fired") or []  # which rules fired: ids only, never their data
         client = g.get("client")
         if client is not None:  # who called (iss, tenant, jti may be logged; the JWT never is)
             fields["iss"] = client.issuer.iss

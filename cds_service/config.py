@@ -164,7 +164,7 @@ class Settings:
     workers: int = 1
     max_body_bytes: int = 1024 * 1024
     fetch_limits: FetchLimits = field(default_factory=FetchLimits)
-    max_cards: int = 10
+    max_cards: int = 3
     #: Resources across all prefetch keys of one request (a bigger prefetch is refused with 413).
     max_prefetch_entries: int = 20000
     #: Secret for the keyed hash that stands for the patient in logs; set it so that all workers agree.

@@ -71,6 +71,17 @@ class DemoRow:
         return problems
 
 
+def rules_of(card: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(rule id, indicator) of every rule a card speaks for: merged on its topic or folded into it.
+
+    The incomplete-checks card speaks for no rule (its undecided rules are in the response extension).
+    """
+    extension = card.get("extension") or {}
+    rules = extension.get("org.kbladder-cds.rules") or (
+        [extension["org.kbladder-cds.rule"]] if "org.kbladder-cds.rule" in extension else [])
+    return [(str(r["id"]), str(r["indicator"])) for r in rules]
+
+
 def from_cohort(cohort: Any) -> tuple[datetime, list[DemoPatient]]:
     """Demo patients from a generated ``cds_service.synth`` cohort."""
     from cds_service.fhir.parse import bundle_resources
@@ -207,7 +218,7 @@ def replay(
             elapsed = (time.perf_counter() - started) * 1000
             response.raise_for_status()
             answer = response.json()
-            cards = [(c["source"]["topic"]["code"], c["indicator"]) for c in answer["cards"]]
+            cards = [rule for card in answer["cards"] for rule in rules_of(card)]
             undecided = [u["rule"] for u in answer.get("extension", {}).get("org.kbladder-cds.undecided", [])]
             row.hooks[hook] = HookResult(cards, undecided, elapsed)
         rows.append(row)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +47,7 @@ class RulesState:
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self._fingerprint: Fingerprint = ()
+        self._listeners: list[Callable[[bool, RulesSnapshot], None]] = []
         self.reload()
 
     @property
@@ -78,8 +79,21 @@ class RulesState:
                 out.append((str(path), -1, -1))
         return tuple(out)
 
+    def on_reload(self, listener: Callable[[bool, RulesSnapshot], None]) -> None:
+        """Call *listener(ok, snapshot)* after every later reload attempt (metrics count them)."""
+        self._listeners.append(listener)
+
     def reload(self) -> bool:
         """Load the rule files now; True when a new set is in place, False when the old one was kept."""
+        ok = self._reload()
+        for listener in list(self._listeners):
+            try:
+                listener(ok, self._current)
+            except Exception:  # an observer must never break reloading
+                log.exception("rule reload listener failed")
+        return ok
+
+    def _reload(self) -> bool:
         with self._reload_lock:
             self._fingerprint = self.fingerprint()
             now = datetime.now(UTC)

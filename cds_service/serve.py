@@ -8,6 +8,7 @@ master restart its workers, which load the current files.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -20,6 +21,7 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 from cds_service.app import create_app
 from cds_service.config import Settings
 from cds_service.logjson import configure_logging
+from cds_service.metrics import MULTIPROC_ENV, enable_multiprocess, remove_multiprocess_dir, worker_exited
 from cds_service.rules_state import RulesState
 from cds_service.store import Store
 from cds_service.warmup import warm_up
@@ -155,6 +157,7 @@ def _serve_gunicorn(settings: Settings) -> None:
                 "logconfig_dict": GUNICORN_LOGGING,
                 "limit_request_field_size": 8190,
                 "control_socket_disable": True,  # gunicorn 24+ would otherwise write ~/.gunicorn/gunicorn.ctl
+                "child_exit": _worker_exited,
             }
             for key, value in options.items():
                 if key in self.cfg.settings:  # tolerate gunicorn versions without a setting
@@ -164,4 +167,17 @@ def _serve_gunicorn(settings: Settings) -> None:
             configure_logging()
             return warm_up(create_app(self.settings))  # per worker, after fork
 
-    KbladderApplication(settings).run()
+    # Each worker writes its metrics to files here; /metrics in any worker adds up all of them.
+    operator_dir = os.environ.get(MULTIPROC_ENV)
+    metrics_dir = enable_multiprocess()
+    master = os.getpid()
+    try:
+        KbladderApplication(settings).run()
+    finally:
+        # Workers are forks that leave run() through this block too: only the master removes the folder.
+        if not operator_dir and os.getpid() == master:
+            remove_multiprocess_dir(metrics_dir)
+
+
+def _worker_exited(_server: object, worker: Any) -> None:
+    worker_exited(worker.pid)

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from rulekit import KETAMINE, NOW, PATIENT_ID, RULES, admin, obs, rule_text, rule_version, ruleset, run
 
-from cds_service.engine.cards import CardSettings, build_cards, evidence_table
+from cds_service.engine.cards import CardSettings, build_cards
+from cds_service.engine.evidence import evidence_table
 from cds_service.engine.loader import load_ruleset
 from cds_service.engine.model import RuleSet
 from cds_service.engine.trace import Evidence
@@ -60,7 +61,7 @@ def test_card_shape(project: RuleSet) -> None:
     rule = card["extension"]["org.kbladder-cds.rule"]
     version = rule_version("KB-02")
     assert (rule["id"], rule["version"], rule["indicator"]) == ("KB-02", version, "critical")
-    assert f"*Rule KB-02 v{version}" in card["detail"]
+    assert f"Rule KB-02 v{version} (critical) · References: " in card["detail"]
 
 
 def test_card_has_no_empty_values_anywhere(project: RuleSet) -> None:

@@ -54,6 +54,9 @@ def test_prefetch_tokens() -> None:
         ("Observation?patient={{context.patientId}}&category=laboratory&date=ge2024-01-01&_sort=-date",
          "patient-view"),
         ("Observation?subject=Patient/{{context.patientId}}&code=http://loinc.org|5804-0", "order-sign"),
+        # Outside the recommended subset on purpose (referenced Medications), harmless when ignored.
+        ("MedicationStatement?patient={{context.patientId}}&_include=MedicationStatement:medication",
+         "patient-view"),
     ],
 )
 def test_good_templates(template: str, hook: str) -> None:
@@ -90,6 +93,10 @@ def test_good_templates(template: str, hook: str) -> None:
         ("Observation?patient.identifier=x", "patient-view", "chained"),
         ("Observation?patient={{context.patientId}}&_include=Observation:performer", "patient-view",
          "_include"),
+        ("MedicationAdministration?patient={{context.patientId}}&_include=MedicationAdministration:performer",
+         "patient-view", "_include"),
+        ("MedicationAdministration?patient={{context.patientId}}&_include:iterate=MedicationAdministration:medication",
+         "patient-view", "_include"),
         ("Observation?patient={{context.patientId}}&_count=all", "patient-view", "_count"),
         ("Observation?patient={{context.patientId}}&date=sa2020-01-01", "patient-view", "date prefix"),
         ("Observation?patient={{context.patientId}}&code=", "patient-view", "no value"),

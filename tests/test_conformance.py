@@ -702,6 +702,11 @@ def test_P3_templates_stay_within_the_query_subset(service: Service) -> None:
             assert len(params) == len(parse_qsl(query)), f"{key}: repeated parameter"
             assert params["patient"] == "{{context.patientId}}", key
             assert params["_count"].isdigit() and int(params["_count"]) > 0, f"{key}: _count"
+            # The one documented step outside the subset: a medication search includes the Medication it
+            # references (docs/service.md); a client that ignores _include still runs a valid search.
+            rtype = template.partition("?")[0]
+            if "_include" in params:
+                assert params.pop("_include") == f"{rtype}:medication", key
             for name in params:
                 base, _, modifier = name.partition(":")
                 assert modifier in ("", "in"), f"{key}: modifier :{modifier}"

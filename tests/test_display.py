@@ -24,7 +24,8 @@ from cds_service.engine.loader import load_ruleset
 from cds_service.engine.model import Ordinal, Quantity
 from cds_service.engine.shorthand import Expander
 
-MACHINE = re.compile(r"\d\.\d+e[+-]?\d+|\d+\.\d{3,}|\[HPF\]|umol/L|\{score\}|\{1\.73_m2\}", re.IGNORECASE)
+MACHINE = re.compile(
+    r"(?<![\w.])\d(?:\.\d+)?e[+-]?\d+|(?<![\w.])\d+\.\d{3,}(?![\w.])|\[HPF\]|umol/L|\{score\}|\{1\.73_m2\}")
 
 
 @pytest.mark.parametrize(
@@ -121,4 +122,5 @@ def test_chronic_daily_use_reads_as_daily_use_not_as_one_session() -> None:
     text = " ".join(c["summary"] + "\n" + c.get("detail", "") for c in cards)
     assert "daily ketamine use for 2.8 years, about 1 g a day" in text
     assert "1 ketamine session" not in text
-    assert not MACHINE.search(text), MACHINE.search(text)
+    words = re.sub(r"\]\(https?://[^)]*\)", "]", text)  # reference links may hold DOIs like 10.1097
+    assert not MACHINE.search(words), MACHINE.search(words)

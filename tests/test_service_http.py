@@ -128,8 +128,11 @@ def test_discovery_lists_three_services_with_valid_prefetch(service: Service) ->
         for template in templates.values():
             assert template_problems(template, svc["hook"]) == []
         # Medication types are matched by text too, so they must not be narrowed by code.
-        assert templates["medicationAdministration"] == (
-            "MedicationAdministration?patient={{context.patientId}}&_count=1000")
+        # and bring the Medications they reference (outside the P3 subset on purpose; docs/service.md).
+        for rtype in ("MedicationAdministration", "MedicationRequest", "MedicationStatement"):
+            key = rtype[:1].lower() + rtype[1:]
+            assert templates[key] == (
+                f"{rtype}?patient={{{{context.patientId}}}}&_include={rtype}:medication&_count=1000")
         assert "http://loinc.org|5794-3" in templates["observation"]
         assert "_count=1000" in templates["observation"]
         assert "http://hl7.org/fhir/sid/icd-10-cm|R31.0" in templates["condition"]
@@ -156,7 +159,10 @@ def test_patient_view_with_nothing_to_say_returns_empty_cards(service: Service) 
 def test_malformed_resource_is_skipped_and_reported(service: Service) -> None:
     bad = {**dipstick(rid="bad"), "effectiveDateTime": "not-a-date"}
     response = service.hook(PV, request_body(prefetch=prefetch(ketamine_given(), dipstick(), bad)))
-    card = only_card(response)
+    assert response.status_code == 200
+    card, incomplete = response.json()["cards"]  # other Observation-reading checks are incomplete: said so
+    assert card["source"]["topic"]["code"] == "KB-02"
+    assert incomplete["summary"] == "Ketamine bladder checks incomplete: test results could not be read"
     skipped = response.json()["extension"][f"{EXT}.skippedResources"]
     assert skipped == [{"resourceType": "Observation", "id": "bad",
                         "reason": "invalid at effectiveDateTime (value_error); 1 error(s)"}]
@@ -167,7 +173,10 @@ def test_malformed_resource_is_skipped_and_reported(service: Service) -> None:
 def test_silent_rule_with_a_malformed_resource_of_its_data_is_undecided(service: Service) -> None:
     bad = {**dipstick(rid="bad"), "effectiveDateTime": "not-a-date"}
     response = service.hook(PV, request_body(prefetch=prefetch(ketamine_given(), bad)))
-    assert response.status_code == 200 and response.json()["cards"] == []
+    assert response.status_code == 200
+    card = only_card(response)  # a ketamine patient: the silence is said, not left as "all clear"
+    assert card["source"]["topic"]["code"] == "checks-incomplete" and card["indicator"] == "info"
+    assert "Test results: 1 could not be read (malformed) and was skipped" in card["detail"]
     undecided = {u["rule"]: u for u in response.json()["extension"][f"{EXT}.undecided"]}
     assert undecided["KB-02"] == {
         "rule": "KB-02", "version": rule_version("KB-02"), "missing": ["Observation: malformed resource(s) skipped"],
@@ -204,6 +213,41 @@ def test_medication_named_by_reference_is_matched_through_the_medication(service
     assert f"{EXT}.missingData" not in card["extension"]
 
 
+def comparable(card: dict[str, Any]) -> tuple[Any, ...]:
+    """What a clinician sees of a card, without uuids and the resource ids of the evidence."""
+    return (card["indicator"], card["summary"], card["source"]["topic"]["code"],
+            sorted(s["label"] for s in card.get("suggestions", [])))
+
+
+@pytest.mark.parametrize("hook", ["patient-view", "order-sign"])
+def test_prefetch_only_medication_reference_gives_the_same_cards_as_inline_coding(service: Service,
+                                                                                   hook: str) -> None:
+    """A prefetch-only EHR (no fhirServer) that honours ``_include=…:medication`` (issue 11 A3)."""
+    drafts = [draft_order("d1", KETAMINE)] if hook == "order-sign" else None
+    sid = PV if hook == "patient-view" else OSIGN
+    inline = service.hook(sid, request_body(hook, drafts=drafts, prefetch=prefetch(
+        {**ketamine_given(rid="ma-ref"), "id": "ma-ref"}, dipstick(), gross_hematuria())))
+    data = prefetch(ketamine_by_reference(), dipstick(), gross_hematuria())
+    data["medicationAdministration"]["entry"].append({"resource": ketamine_product(), "search": {"mode": "include"}})
+    referenced = service.hook(sid, request_body(hook, drafts=drafts, prefetch=data))
+    assert inline.status_code == referenced.status_code == 200
+    assert inline.json()["cards"], "the inline-coded patient gets cards"
+    assert ([comparable(c) for c in referenced.json()["cards"]]
+            == [comparable(c) for c in inline.json()["cards"]])
+    assert f"{EXT}.missingData" not in referenced.json().get("extension", {})
+
+
+def test_contained_medication_is_read(service: Service) -> None:
+    given = ketamine_by_reference()
+    given["medicationReference"] = {"reference": "#k"}
+    given["contained"] = [{**ketamine_product(None), "id": "k"}]
+    inline = only_card(service.hook(PV, request_body(prefetch=prefetch(ketamine_given(), dipstick()))))
+    card = only_card(service.hook(PV, request_body(prefetch=prefetch(given, dipstick()))))
+    assert card["source"]["topic"]["code"] == "KB-02"
+    assert (card["indicator"], card["summary"]) == (inline["indicator"], inline["summary"])
+    assert f"{EXT}.missingData" not in card["extension"]
+
+
 def test_unavailable_referenced_medication_is_reported_not_ignored(service: Service) -> None:
     response = service.hook(PV, request_body(prefetch=prefetch(ketamine_by_reference(), dipstick())))
     assert response.status_code == 200
@@ -212,6 +256,53 @@ def test_unavailable_referenced_medication_is_reported_not_ignored(service: Serv
     assert extension[f"{EXT}.missingData"] == [
         {"key": "medication", "reason": "1 referenced Medication(s) not available (no FHIR access)"}]
     assert "KB-02" in [u["rule"] for u in extension[f"{EXT}.undecided"]]
+
+
+OUTCOME = {"resourceType": "OperationOutcome",
+           "issue": [{"severity": "error", "code": "exception", "diagnostics": "search failed"}]}
+
+
+def test_known_exposure_with_unretrievable_results_gets_one_incomplete_checks_card(service: Service) -> None:
+    """Issue 11 A2: never an empty "All clear" for a ketamine patient whose urine results could not be read."""
+    data = prefetch(ketamine_given(), ketamine_given(days=-3, rid="ma2"))
+    data["observation"] = OUTCOME
+    response = service.hook(PV, request_body(prefetch=data))
+    card = only_card(response)
+    assert card["indicator"] == "info"
+    assert card["summary"] == "Ketamine bladder checks incomplete: test results could not be retrieved"
+    assert card["source"]["topic"]["code"] == "checks-incomplete"
+    undecided = response.json()["extension"][f"{EXT}.undecided"]
+    named = card["source"]["topic"]["display"]
+    for entry in undecided:
+        if entry["rule"] in ("KB-02", "KB-07"):
+            assert f"{entry['rule']} v{entry['version']}" in named  # the card names rule ids and versions
+            assert f"{entry['rule']} v{entry['version']}" in card["detail"]
+    assert "not an all-clear" in card["detail"]
+    assert "Test results: could not be retrieved (prefetch OperationOutcome)" in card["detail"]
+    incomplete = card["extension"][f"{EXT}.incomplete"]
+    assert {i["rule"] if "rule" in i else i["id"] for i in incomplete} >= {"KB-02"}
+
+
+def test_a_draft_ketamine_order_is_known_exposure(service: Service) -> None:
+    data = prefetch()
+    data["observation"] = OUTCOME
+    response = service.hook(OSIGN, request_body("order-sign", drafts=[draft_order("d1", KETAMINE)], prefetch=data))
+    summaries = [c["summary"] for c in response.json()["cards"]]
+    assert "Ketamine bladder checks incomplete: test results could not be retrieved" in " ".join(
+        summaries + [c.get("detail", "") for c in response.json()["cards"]])
+
+
+def test_without_known_exposure_the_gap_stays_in_the_extension(service: Service) -> None:
+    """A medication-query outage on patient-view must not put a card on every chart."""
+    data = prefetch(dipstick())
+    data["medicationAdministration"] = OUTCOME
+    response = service.hook(PV, request_body(prefetch=data))
+    assert response.status_code == 200
+    body = response.json()
+    assert body["cards"] == []
+    assert "KB-02" in [u["rule"] for u in body["extension"][f"{EXT}.undecided"]]
+    assert {"key": "medicationAdministration", "reason": "prefetch OperationOutcome"} in body["extension"][
+        f"{EXT}.missingData"]
 
 
 # -- 4xx --------------------------------------------------------------------------------------------------------
@@ -449,7 +540,9 @@ def test_absent_prefetch_key_is_fetched_from_the_fhir_server_with_the_token(
     wrong = {**body, "hookInstance": str(uuid.uuid4()), "fhirAuthorization": {**auth, "access_token": "wrong"}}
     response = service.hook(PV, wrong)
     assert response.status_code == 200
-    assert response.json()["cards"] == []
+    (card,) = response.json()["cards"]  # known exposure: the incomplete checks are said, never "all clear"
+    assert card["summary"] == "Ketamine bladder checks incomplete: test results could not be retrieved"
+    assert "HTTP 401" in card["detail"]
     extension = response.json()["extension"]
     assert [m["key"] for m in extension[f"{EXT}.missingData"]] == ["observation"]
     undecided = {u["rule"]: u for u in extension[f"{EXT}.undecided"]}
@@ -526,3 +619,22 @@ def test_access_log_names_the_patient_only_by_a_keyed_hash(tmp_path: Path, caplo
     assert hashes == {patient_hash(b"site-secret", pid)}  # stable across calls, keyed by the site secret
     assert patient_hash(b"another-secret", pid) not in hashes
     assert all(pid not in r.getMessage() and pid not in str(getattr(r, "fields", "")) for r in caplog.records)
+
+
+def test_access_log_names_the_rules_that_fired(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Operators see which rules fired in each request line: rule ids only, no patient data."""
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'rules.sqlite3'}", reload_interval_s=0)
+    store = Store(settings.database_url)
+    app = create_app(settings, rules_state=RulesState([RULES], reload_interval_s=0), store=store)
+    with caplog.at_level("INFO", logger="cds_service.access"), serving(app) as url:
+        fired = requests.post(f"{url}/cds-services/{PV}", timeout=30,
+                              json=request_body(prefetch=prefetch(ketamine_given(), dipstick())))
+        quiet = requests.post(f"{url}/cds-services/{PV}", timeout=30,
+                              json=request_body(prefetch=prefetch(dipstick(value="negative"))))
+    store.dispose()
+    lines = [r.fields for r in caplog.records if r.name == "cds_service.access"  # type: ignore[attr-defined]
+             and getattr(r, "fields", {}).get("hookInstance")]
+    shown = sorted({c["extension"][f"{EXT}.rule"]["id"] for c in fired.json()["cards"]})
+    assert shown and set(shown) <= set(lines[0]["rules"])
+    assert all(rule.startswith("KB-") for rule in lines[0]["rules"])
+    assert quiet.json()["cards"] == [] and lines[1]["rules"] == []

@@ -246,6 +246,12 @@ _DATE_WORDS = re.compile(r"\b(today|now)\b|\(\)|[+-]\s*\d+\s*(day|week|month|yea
 _ALLOWED_MODIFIERS = frozenset({"in"})
 _DATE_PREFIX_BAD = re.compile(r"^(ne|sa|eb|ap)\d")
 _FORBIDDEN_PARAMS = frozenset({"_include", "_revinclude", "_has", "_type", "_filter", "_query", "_contained"})
+# The one deliberate step outside the subset: medication events bring the Medication they reference.
+# A client that ignores it still gets a valid search (the service then reads the Medications itself).
+MEDICATION_INCLUDES = frozenset(
+    f"{rtype}:medication" for rtype in ("MedicationAdministration", "MedicationRequest", "MedicationStatement",
+                                        "MedicationDispense")
+)
 
 
 def _token_problems(inner: str, hook: str, valid: frozenset[str]) -> list[str]:
@@ -279,7 +285,9 @@ def _query_problems(query: str) -> list[str]:
         base, _, modifier = name.partition(":")
         if not value:
             problems.append(f"query parameter '{name}' has no value")
-        if base in _FORBIDDEN_PARAMS:
+        if base == "_include" and not modifier and value in MEDICATION_INCLUDES:
+            pass  # outside the recommended subset on purpose, and harmless when ignored (docs/service.md)
+        elif base in _FORBIDDEN_PARAMS:
             problems.append(f"query parameter '{base}' is outside the prefetch query subset (P3)")
         if base == "sort":
             problems.append("'sort' is not a FHIR search parameter; use _sort=-date (P3)")

@@ -9,17 +9,17 @@ value are omitted (checklist G2).
 from __future__ import annotations
 
 import copy
+import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cds_service.clinical import exposure as ex
 from cds_service.engine.context import RuleContext
 from cds_service.engine.display import display, exposure_phrase
 from cds_service.engine.evaluate import Evaluation, RuleResult
-from cds_service.engine.model import Rule, Suggestion
+from cds_service.engine.model import Reference, Suggestion
 from cds_service.engine.trace import Evidence, Truth
 
 SUMMARY_MAX = 139
@@ -133,35 +133,113 @@ def _cell(text: str) -> str:
     return str(display(text)).replace("|", "\\|").replace("\n", " ")
 
 
+# ------------------------------------------------------------------ one card before rendering
+
+
+@dataclass(slots=True)
+class CardDraft:
+    """One card before it is rendered: what composition merges, folds and de-duplicates.
+
+    ``rules`` are the rules the card speaks for (the first is the one it is named after); ``also``
+    are other findings on the same clinical topic, ``folded`` the summaries of cards over the
+    per-response limit, each line naming its rule and version.
+    """
+
+    indicator: str
+    summary: str
+    body: str
+    topic: str
+    source_code: str
+    source_display: str
+    rules: list[dict[str, Any]]
+    rows: list[Evidence] = field(default_factory=list)
+    sessions: dict[str, ex.Session] = field(default_factory=dict)
+    gaps: list[str] = field(default_factory=list)
+    suggestions: list[dict[str, Any]] = field(default_factory=list)
+    selection: str = "any"
+    override_reasons: list[dict[str, Any]] = field(default_factory=list)
+    links: list[dict[str, Any]] = field(default_factory=list)
+    references: list[Reference] = field(default_factory=list)
+    also: list[str] = field(default_factory=list)
+    folded: list[str] = field(default_factory=list)
+    extension: dict[str, Any] = field(default_factory=dict)
+    undecided: list[dict[str, Any]] = field(default_factory=list)  # rules whose checks could not be completed
+    uuid: str = ""  # drawn before the suggestions', so injected ids number a card before its suggestions
+
+
 def evidence_rows(result: RuleResult) -> list[Evidence]:
-    """Evidence of the fired tier, de-duplicated, in time order."""
+    """Evidence of the fired tier, each resource once (notes of repeated rows joined)."""
     if result.fired is None:
         return []
     outcome = next((t.outcome for t in result.tiers if t.indicator == result.fired.indicator), None)
-    seen, rows = set(), []
-    for row in outcome.evidence if outcome else []:
-        key = (row.ref, row.note)
-        if key not in seen:
-            seen.add(key)
-            rows.append(row)
-    return sorted(rows, key=lambda r: (r.time is None, r.time or datetime.min))
+    return merge_rows(outcome.evidence if outcome else [])
 
 
-def evidence_table(rows: Sequence[Evidence]) -> str:
-    """The Markdown evidence table: date, item, value (plus a note column when any row has one)."""
-    if not rows:
-        return ""
-    with_notes = any(r.note for r in rows)
-    head = "| Date | Item | Value |" + (" Note |" if with_notes else "")
-    rule = "|---|---|---|" + ("---|" if with_notes else "")
-    lines = [head, rule]
+def merge_rows(rows: Sequence[Evidence]) -> list[Evidence]:
+    """Each resource once: a Condition matched by two conditions is one row, its notes joined."""
+    merged: dict[str, Evidence] = {}
     for row in rows:
-        date = row.time.date().isoformat() if row.time else "—"
-        line = f"| {date} | {_cell(row.item)} | {_cell(row.value) or '—'} |"
-        if with_notes:
-            line += f" {_cell(row.note)} |"
-        lines.append(line)
-    return "\n".join(lines)
+        key = row.ref or f"{row.item}|{row.time}"
+        seen = merged.get(key)
+        if seen is None:
+            merged[key] = row
+        elif row.note and row.note not in seen.note.split("; "):
+            merged[key] = replace(seen, note="; ".join(n for n in (seen.note, row.note) if n))
+    return list(merged.values())
+
+
+def session_index(result: RuleResult) -> dict[str, ex.Session]:
+    """The sessions a rule read, by resource reference (for totals in the evidence table)."""
+    ctx = result.context
+    if ctx is None:
+        return {}
+    return {s.ref: s for key, data in result.rule.data.items() if data.is_medication
+            for s in ctx.sessions(key)}
+
+
+def draft_card(
+    result: RuleResult,
+    *,
+    patient_id: str | None,
+    data_gaps: Sequence[str] = (),
+    new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+) -> CardDraft:
+    """The draft of one fired rule's card: templates rendered, evidence and suggestions gathered."""
+    rule, tier = result.rule, result.fired
+    assert tier is not None, "only fired rules become cards"
+    card_id = new_id()
+    variables = template_context(result)
+    summary = (tier.summary or rule.card.summary).render(variables).strip()
+    template = tier.detail or rule.card.detail
+    body = template.render(variables).strip() if template is not None else ""
+    suggestions = [
+        s
+        for s in (
+            _suggestion(sugg, result, patient_id, new_id)
+            for sugg in rule.card.suggestions
+            if tier.indicator in sugg.tiers
+        )
+        if s
+    ]
+    return CardDraft(
+        indicator=tier.indicator,
+        summary=" ".join(summary.split()),
+        body=body,
+        topic=rule.topic or rule.id,
+        source_code=rule.id,
+        source_display=f"{rule.title} (v{rule.version})",
+        rules=[{"id": rule.id, "version": rule.version, "indicator": tier.indicator, "title": rule.title}],
+        rows=evidence_rows(result),
+        sessions=session_index(result),
+        gaps=list(dict.fromkeys([*result.missing, *data_gaps])),
+        suggestions=suggestions,
+        selection=rule.card.selection,
+        override_reasons=[{"system": r.system, "code": r.code, "display": r.display}
+                          for r in rule.card.override_reasons],
+        links=[_link(link) for link in rule.card.links],
+        references=list(rule.references),
+        uuid=card_id,
+    )
 
 
 def build_card(
@@ -173,69 +251,115 @@ def build_card(
     new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
 ) -> dict[str, Any]:
     """One CDS Hooks card for one fired rule."""
-    rule, tier = result.rule, result.fired
-    assert tier is not None, "only fired rules become cards"
-    variables = template_context(result)
-    summary = (tier.summary or rule.card.summary).render(variables).strip()
+    draft = draft_card(result, patient_id=patient_id, data_gaps=data_gaps, new_id=new_id)
+    return render_card(draft, settings=settings, new_id=new_id)
+
+
+def render_card(
+    draft: CardDraft,
+    *,
+    settings: CardSettings = CardSettings(),
+    new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+) -> dict[str, Any]:
+    """A CDS Hooks card from its draft: Markdown detail that reads the same in CommonMark and GFM."""
+    from cds_service.engine.evidence import evidence_section  # the table layout lives with its limits
+
+    summary = draft.summary
     if len(summary) > SUMMARY_MAX:
         summary = summary[: SUMMARY_MAX - 1].rstrip() + "…"
-    rows = evidence_rows(result)
-    detail_parts = []
-    template = tier.detail or rule.card.detail
-    if template is not None:
-        detail_parts.append(template.render(variables).strip())
-    if rows:
-        detail_parts.append("**Evidence**\n\n" + evidence_table(rows))
-    gaps = [*result.missing, *data_gaps]
-    if gaps:
-        detail_parts.append(
-            "**Data not available** (advice based on partial data):\n\n" + "\n".join(f"- {_cell(g)}" for g in gaps)
+    parts = [draft.body]
+    if draft.also:
+        parts.append("**Also on this topic**\n\n" + "\n".join(f"- {_cell(line)}" for line in draft.also))
+    parts.append(evidence_section(draft.rows, draft.sessions))
+    if draft.folded:
+        parts.append("**Other alerts**\n\n" + "\n".join(f"- {_cell(line)}" for line in draft.folded))
+    if draft.gaps:
+        parts.append(
+            "**Data not available** (advice based on partial data):\n\n"
+            + "\n".join(f"- {_cell(g)}" for g in draft.gaps)
         )
-    detail_parts.append(_footer(rule, tier.indicator))
+    parts.append(footer(draft))
     card: dict[str, Any] = {
-        "uuid": new_id(),
+        "uuid": draft.uuid or new_id(),
         "summary": summary,
-        "indicator": tier.indicator,
-        "detail": "\n\n".join(p for p in detail_parts if p),
-        "source": _source(rule, settings),
+        "indicator": draft.indicator,
+        "detail": blank_line_before_blocks("\n\n".join(p for p in parts if p)),
+        "source": _source(draft, settings),
     }
-    suggestions = [
-        s
-        for s in (
-            _suggestion(sugg, result, patient_id, new_id)
-            for sugg in rule.card.suggestions
-            if tier.indicator in sugg.tiers
-        )
-        if s
-    ]
-    if suggestions:
-        card["suggestions"] = suggestions
-        recommended = sum(1 for s in suggestions if s.get("isRecommended"))
-        card["selectionBehavior"] = "any" if recommended > 1 else rule.card.selection
-    if rule.card.override_reasons:
-        card["overrideReasons"] = [
-            {"system": r.system, "code": r.code, "display": r.display} for r in rule.card.override_reasons
-        ]
-    links = [_link(link) for link in rule.card.links]
-    if links:
-        card["links"] = links
+    if draft.suggestions:
+        card["suggestions"] = draft.suggestions
+        recommended = sum(1 for s in draft.suggestions if s.get("isRecommended"))
+        card["selectionBehavior"] = "any" if recommended > 1 else draft.selection
+    if draft.override_reasons:
+        card["overrideReasons"] = draft.override_reasons
+    if draft.links:
+        card["links"] = draft.links
+    first = draft.rules[0] if draft.rules else None
     card["extension"] = {
-        f"{EXT}.rule": {"id": rule.id, "version": rule.version, "indicator": tier.indicator, "title": rule.title},
-        **({f"{EXT}.evidence": [row.as_json() for row in rows]} if rows else {}),
-        **({f"{EXT}.missingData": gaps} if gaps else {}),
+        **({f"{EXT}.rule": first} if first else {}),
+        **({f"{EXT}.rules": draft.rules} if len(draft.rules) > 1 else {}),
+        **({f"{EXT}.evidence": [row.as_json() for row in _chronological(draft.rows)]} if draft.rows else {}),
+        **({f"{EXT}.missingData": draft.gaps} if draft.gaps else {}),
+        **draft.extension,
     }
+    if not card["extension"]:
+        del card["extension"]
     return card
 
 
-def _footer(rule: Rule, indicator: str) -> str:
-    refs = "; ".join(f"{r.citation} [{r.strength}]" for r in rule.references)
-    return f"*Rule {rule.id} v{rule.version} ({rule.title}), tier {indicator}. Evidence: {refs}*"
+def _chronological(rows: Sequence[Evidence]) -> list[Evidence]:
+    """Every row (the table shows at most eight), oldest first: the machine-readable record."""
+    return sorted(rows, key=lambda r: r.time.timestamp() if r.time else float("inf"))
 
 
-def _source(rule: Rule, settings: CardSettings) -> dict[str, Any]:
+_LIST_OR_TABLE = re.compile(r"^\s{0,3}(?:[-*+] |\d{1,9}[.)] |\|)")
+
+
+def blank_line_before_blocks(markdown: str) -> str:
+    """A blank line before every list and table that follows a paragraph line.
+
+    CommonMark lets a list interrupt a paragraph, but stricter renderers (and GFM tables after text)
+    do not; with the blank line the detail renders the same in CommonMark and GFM.
+    """
+    out: list[str] = []
+    for line in markdown.split("\n"):
+        if _LIST_OR_TABLE.match(line) and out and out[-1].strip() and not _LIST_OR_TABLE.match(out[-1]):
+            out.append("")
+        out.append(line)
+    return "\n".join(out)
+
+
+_YEAR = re.compile(r"\b(19|20)\d{2}\b")
+
+
+def short_citation(reference: Reference) -> str:
+    """``Barocas 2020`` from "Barocas DA et al. Microhematuria: AUA/SUFU Guideline. J Urol 2020;…"."""
+    citation = reference.citation.strip()
+    first = re.split(r"[\s,.]", citation, maxsplit=1)[0] or reference.id
+    year = _YEAR.search(citation)
+    label = f"{first} {year.group(0)}" if year and len(first) > 1 else citation[:40]
+    return f"[{label}]({reference.url})" if reference.url else label
+
+
+def footer(draft: CardDraft) -> str:
+    """One compact line: the rules (id, version, tier) and the references, not ten italic lines."""
+    rules = ", ".join(f"{r['id']} v{r['version']} ({r['indicator']})" for r in draft.rules)
+    seen: dict[str, str] = {}
+    for reference in draft.references:
+        seen.setdefault(reference.citation, short_citation(reference))
+    line = f"Rule{'s' if len(draft.rules) > 1 else ''} {rules}" if rules else ""
+    if draft.undecided:
+        line += (" · " if line else "") + "Checks not completed: " + ", ".join(
+            f"{r['id']} v{r['version']}" for r in draft.undecided)
+    if seen:
+        line += (" · " if line else "") + "References: " + "; ".join(seen.values())
+    return line
+
+
+def _source(draft: CardDraft, settings: CardSettings) -> dict[str, Any]:
     source: dict[str, Any] = {
         "label": settings.source_label,
-        "topic": {"system": settings.topic_system, "code": rule.id, "display": f"{rule.title} (v{rule.version})"},
+        "topic": {"system": settings.topic_system, "code": draft.source_code, "display": draft.source_display},
     }
     if settings.source_url:
         source["url"] = settings.source_url
@@ -292,10 +416,23 @@ def build_cards(
     settings: CardSettings = CardSettings(),
     data_gaps: Sequence[str] = (),
     max_cards: int | None = None,
+    compose: bool = False,
+    extra: Sequence[CardDraft] = (),
     new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
 ) -> list[dict[str, Any]]:
-    """Cards for every shown result, strongest first, at most ``max_cards``."""
-    shown = evaluation.shown()
-    if max_cards is not None:
-        shown = shown[:max_cards]
-    return [build_card(r, patient_id=patient_id, settings=settings, data_gaps=data_gaps, new_id=new_id) for r in shown]
+    """Cards for every shown result, strongest first.
+
+    ``compose`` (the service) merges cards on one clinical topic, removes repeated suggestions and
+    folds cards beyond ``max_cards`` into the strongest card; without it (rule tests) every fired
+    rule gets its own card, cut at ``max_cards``. ``extra`` drafts (the incomplete-checks card) join
+    the composition.
+    """
+    from cds_service.engine.compose import DEFAULT_MAX_CARDS, compose_cards
+
+    drafts = [draft_card(r, patient_id=patient_id, data_gaps=data_gaps, new_id=new_id) for r in evaluation.shown()]
+    drafts += list(extra)
+    if compose:
+        drafts = compose_cards(drafts, max_cards=DEFAULT_MAX_CARDS if max_cards is None else max_cards)
+    elif max_cards is not None:
+        drafts = drafts[:max_cards]
+    return [render_card(d, settings=settings, new_id=new_id) for d in drafts]

@@ -38,6 +38,7 @@ from cds_service.security.jwks import JwksCache, keys_by_kid
 
 from .context import service_context
 from .errors import error_response
+from .metrics import counting, metrics
 
 log = logging.getLogger("cds_service.auth")
 
@@ -85,6 +86,8 @@ def install_auth(app: Flask, settings: Settings) -> None:
             g.client = verify_request(settings, cache, static_keys)
         except AuthFailure as failure:
             log.warning("token refused", extra={"fields": {"reason": failure.reason, "path": request.path}})
+            with counting():
+                metrics().jwt_refused(failure.reason)
             return _unauthorized(failure)
         return None
 

@@ -17,11 +17,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.cdshooks import SERVICES, parse_hook_request
 from cds_service.config import is_loopback_host
+from cds_service.engine.evaluate import FIRED, SUPPRESSED, Evaluation
 from cds_service.fhir.prefetch import PrefetchUnavailable
 
 from .body import read_json
 from .context import service_context
 from .errors import error_response
+from .metrics import count_decision
 from .pipeline import card_issues, run_hook
 
 log = logging.getLogger("cds_service.http")
@@ -59,10 +61,13 @@ def invoke(service_id: str) -> Response:
     try:
         outcome = run_hook(request, ruleset, ctx.settings, ctx.clock())
     except PrefetchUnavailable as exc:
+        count_decision([], None, {key: "no FHIR server access" for key in exc.keys})
         # One expression per prefetch key we needed and could neither find nor fetch (P7).
         return error_response(412, "prefetch missing and no FHIR server access",
                               expression=[f"prefetch.{key}" for key in exc.keys] or ["prefetch"])
     g.cards = len(outcome.cards)
+    g.rules_fired = fired_rules(outcome.evaluation)
+    count_decision(outcome.cards, outcome.evaluation, outcome.missing)
     log.info("hook answered", extra={"fields": {
         "hook": request.hook, "hookInstance": request.hook_instance, "service": service.id,
         "cards": len(outcome.cards), "missing": sorted(outcome.missing), "skipped": len(outcome.skipped),
@@ -98,3 +103,10 @@ def prefetch_entries(prefetch: object) -> int:
             entries = value.get("entry") if value.get("resourceType") == "Bundle" else None
             total += len(entries) if isinstance(entries, list) else 1
     return total
+
+
+def fired_rules(evaluation: Evaluation | None) -> list[str]:
+    """Ids of the rules that fired (shown, silent or suppressed alike): rule ids name no patient."""
+    if evaluation is None:
+        return []
+    return sorted({r.rule.id for r in evaluation.results if r.status in (FIRED, SUPPRESSED)})

@@ -7,6 +7,7 @@ are the FHIR server (through ``gather``) and the clock (``now`` is read once, by
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -16,6 +17,7 @@ from cds_service.clinical.record import PatientRecord
 from cds_service.config import Settings
 from cds_service.engine.cards import EXT, CardSettings, build_cards
 from cds_service.engine.evaluate import Evaluation, evaluate
+from cds_service.engine.incomplete import incomplete_checks_card
 from cds_service.engine.model import MEDICATION_RESOURCES, RuleSet
 from cds_service.fhir.parse import ParseProblem, parse_resources
 from cds_service.fhir.prefetch import gather
@@ -35,6 +37,7 @@ class HookOutcome:
     missing: dict[str, str] = field(default_factory=dict)
     skipped: list[ParseProblem] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
+    evaluation: Evaluation | None = None
 
 
 def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: datetime) -> HookOutcome:
@@ -81,11 +84,14 @@ def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: da
     gaps = [f"{key}: {reason}" for key, reason in missing.items()]
     if skipped:
         gaps.append(f"{len(skipped)} FHIR resource(s) could not be read and were skipped")
+    incomplete = incomplete_checks_card(evaluation, _unavailable_data(missing, skipped))
     cards = build_cards(
         evaluation,
         patient_id=request.patient_id,
         data_gaps=gaps,
         max_cards=settings.max_cards,
+        compose=True,
+        extra=[incomplete] if incomplete else [],
         settings=CardSettings(source_label=settings.source_label),
     )
 
@@ -105,7 +111,7 @@ def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: da
     if extension:
         extension[f"{EXT}.ruleSetVersion"] = ruleset.version
         body["extension"] = extension
-    return HookOutcome(body, cards, missing, skipped, dict(gathered.sources))
+    return HookOutcome(body, cards, missing, skipped, dict(gathered.sources), evaluation)
 
 
 def undecided_rules(evaluation: Evaluation) -> list[dict[str, Any]]:
@@ -117,6 +123,20 @@ def undecided_rules(evaluation: Evaluation) -> list[dict[str, Any]]:
         if result.reason == "not fired on partial data":
             entry["reason"] = result.reason
         out.append(entry)
+    return out
+
+
+def _unavailable_data(missing: Mapping[str, str], skipped: list[ParseProblem]) -> dict[str, str]:
+    """Resource type → why, as the incomplete-checks card words it (``Medication`` for unread products)."""
+    out: dict[str, str] = {}
+    for key, why in missing.items():
+        rtype = "Medication" if key == MEDICATION_KEY else resource_type_of(key)
+        out.setdefault(rtype, f"could not be retrieved ({why})")
+    bad: dict[str, int] = {}
+    for problem in skipped:
+        bad[problem.resource_type] = bad.get(problem.resource_type, 0) + 1
+    for rtype, count in bad.items():
+        out.setdefault(rtype, f"{count} could not be read (malformed) and {'were' if count > 1 else 'was'} skipped")
     return out
 
 

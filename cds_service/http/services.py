@@ -60,6 +60,11 @@ def build_templates(ruleset: RuleSet | None, hook: str) -> dict[str, str]:
         query = f"{rtype}?patient={{{{context.patientId}}}}"
         if rtype not in unfiltered and codes[rtype]:
             query += "&code=" + ",".join(sorted(codes[rtype]))
+        if rtype in MEDICATION_RESOURCES:
+            # Bring the Medication a ``medicationReference`` points at, in the same Bundle. Outside the
+            # spec's recommended query subset (P3): a client that ignores it sends the events alone and
+            # the service reads the Medications from fhirServer (or reports them missing).
+            query += f"&_include={rtype}:medication"
         templates[prefetch_key(rtype)] = f"{query}&_count={COUNT}"
     for key, template in list(templates.items()):
         problems = template_problems(template, hook)
