@@ -58,7 +58,7 @@ def rows_by_patient(result: RunResult) -> dict[str, list[dict[str, Any]]]:
 
 
 def fired(row: dict[str, Any], label: str = "rules") -> list[str]:
-    return sorted(card["rule"] for card in row["by"][label]["cards"])
+    return sorted(card["rule"] for card in row["by"][label]["fired"])
 
 
 # ---------------------------------------------------------------- the cohort's expectations

@@ -73,11 +73,12 @@ def write_outputs(out: Path, result: RunResult, data: Mapping[str, Any]) -> list
     written.append(_csv(out / "calls.csv", [
         {"patient": row["patient"], "hook": row["hook"], "at": row["at"], "orders": " ".join(row["orders"]),
          "ruleset": label,
-         "cards": " ".join(f"{c['rule']}:{c['indicator']}" for c in row["by"][label]["cards"]),
+         "cards": " ".join(f"{c['rule'] or 'checks-incomplete'}:{c['indicator']}" for c in row["by"][label]["cards"]),
+         "fired": " ".join(f"{c['rule']}:{c['indicator']}" for c in row["by"][label]["fired"]),
          "undecided": " ".join(u["rule"] for u in row["by"][label]["undecided"]),
          "skipped_resources": row["by"][label]["skipped"]}
         for replay in result.replays for row in replay.rows for label in labels
-    ], ["patient", "hook", "at", "orders", "ruleset", "cards", "undecided", "skipped_resources"]))
+    ], ["patient", "hook", "at", "orders", "ruleset", "cards", "fired", "undecided", "skipped_resources"]))
     written.append(_csv(out / "first_card.csv", [
         {"ruleset": label, **item} for label in labels for item in summary.first_card_delays(result.replays, label)
     ], ["ruleset", "patient", "rule", "version", "first_card", "first_sign", "days"]))

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cds_service.clinical.timeutil import TimeError, iso, parse_instant
+from cds_service.clinical.timeutil import iso
 from cds_service.engine.cards import EXT
+from cds_service.engine.evaluate import RuleResult
 from cds_service.engine.model import MEDICATION_RESOURCES, RuleSet
+from cds_service.engine.trace import Truth
 from cds_service.simulate.decision import Verdict, decide
 from cds_service.simulate.timeline import (
     TIMELESS,
@@ -50,25 +52,27 @@ class PatientReplay:
 
 
 def card_row(card: Mapping[str, Any]) -> dict[str, Any]:
-    """What the summary keeps of a card: rule, version, indicator, summary, first warning sign."""
+    """What the summary keeps of a card the clinician saw: its rule, version, indicator and summary."""
     rule = card.get("extension", {}).get(f"{EXT}.rule") or {}
-    signs = []
-    for row in card.get("extension", {}).get(f"{EXT}.evidence") or ():
-        ref = str(row.get("reference", ""))
-        if ref.split("/", 1)[0] in MEDICATION_RESOURCES or not row.get("date"):
-            continue
-        try:
-            signs.append(parse_instant(str(row["date"])))
-        except TimeError:
-            continue
     return {"rule": str(rule.get("id", "")), "version": str(rule.get("version", "")),
-            "indicator": str(card.get("indicator", "")), "summary": str(card.get("summary", "")),
+            "indicator": str(card.get("indicator", "")), "summary": str(card.get("summary", ""))}
+
+
+def fired_row(result: RuleResult) -> dict[str, Any]:
+    """A rule that fired and shows (its card may be merged into another on the same topic, or folded):
+    rule, version, indicator, and the first warning sign — its earliest dated non-medication evidence."""
+    signs = [e.time for outcome in result.conditions.values() if outcome.truth is Truth.TRUE
+             for e in outcome.evidence
+             if e.time is not None and e.ref.split("/", 1)[0] not in MEDICATION_RESOURCES]
+    return {"rule": result.rule.id, "version": result.rule.version,
+            "indicator": result.fired.indicator if result.fired else "",
             "sign": iso(min(signs)) if signs else None}
 
 
 def verdict_row(verdict: Verdict) -> dict[str, Any]:
     return {
         "cards": [card_row(card) for card in verdict.cards],
+        "fired": [fired_row(result) for result in verdict.evaluation.shown()],
         "undecided": [{"rule": u["rule"], "version": u["version"], "missing": list(u.get("missing") or ())}
                       for u in verdict.undecided],
         "skipped": verdict.skipped,

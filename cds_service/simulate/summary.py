@@ -49,7 +49,7 @@ def rule_table(replays: Sequence[PatientReplay], label: str, rules: Mapping[str,
     missing: dict[str, Counter[str]] = defaultdict(Counter)
     for row in _rows(replays):
         verdict = row["by"][label]
-        for card in verdict["cards"]:
+        for card in verdict["fired"]:
             patients[(card["rule"], card["indicator"])].add(row["patient"])
             moments[(card["rule"], card["indicator"])] += 1
             if row["hook"] == "order-sign":
@@ -94,7 +94,7 @@ def first_card_delays(replays: Sequence[PatientReplay], label: str) -> list[dict
         first: dict[str, tuple[datetime, dict[str, Any]]] = {}
         for row in replay.rows:
             at = parse_instant(row["at"])
-            for card in row["by"][label]["cards"]:
+            for card in row["by"][label]["fired"]:
                 if card["rule"] not in first or at < first[card["rule"]][0]:
                     first[card["rule"]] = (at, card)
         for rule, (at, card) in sorted(first.items()):
@@ -120,10 +120,10 @@ def burden(replays: Sequence[PatientReplay], label: str) -> dict[str, int]:
 
 
 def cards_by_month(replays: Sequence[PatientReplay], label: str) -> dict[str, dict[str, int]]:
-    """rule → month (YYYY-MM) → cards shown at replayed calls that month."""
+    """rule → month (YYYY-MM) → replayed calls that month at which the rule fired (showed a card)."""
     out: dict[str, Counter[str]] = defaultdict(Counter)
     for row in _rows(replays):
-        for card in row["by"][label]["cards"]:
+        for card in row["by"][label]["fired"]:
             out[card["rule"]][row["at"][:7]] += 1
     return {rule: dict(sorted(months.items())) for rule, months in sorted(out.items())}
 
@@ -132,8 +132,8 @@ def compare(replays: Sequence[PatientReplay], base: str, other: str) -> list[dic
     """Every replayed call whose cards differ between two rule sets: appeared, disappeared, indicator changed."""
     changes = []
     for row in _rows(replays):
-        before = {c["rule"]: c["indicator"] for c in row["by"][base]["cards"]}
-        after = {c["rule"]: c["indicator"] for c in row["by"][other]["cards"]}
+        before = {c["rule"]: c["indicator"] for c in row["by"][base]["fired"]}
+        after = {c["rule"]: c["indicator"] for c in row["by"][other]["fired"]}
         for rule in sorted(set(before) | set(after)):
             if before.get(rule) == after.get(rule):
                 continue
