@@ -144,8 +144,10 @@ def simulate(request: Request) -> tuple[RunResult, dict[str, Any]]:
                                   progress=request.progress)
             else:
                 assert request.export is not None
+                # A remote cluster's workers share the bucket files through --out (a shared filesystem).
+                scratch = request.out if request.scheduler else None
                 result = run(request.export, sources, rulesets, plan, client=client, progress=request.progress,
-                             patients_per_bucket=request.patients_per_bucket)
+                             patients_per_bucket=request.patients_per_bucket, scratch=scratch)
     except ExportError as exc:
         raise UnusableInput(str(exc)) from exc
     labels = {source.label: {rule.id: rule.version for rule in ruleset.rules}

@@ -3,9 +3,10 @@
 Pass 1 reads only the medication files (MedicationAdministration/Request/Statement) and keeps the ids of
 patients with ketamine or esketamine exposure — usually a small share of a health system. Pass 2 reads the
 files of every type the rules read, keeps only those patients' resources and routes each to one of B
-buckets by a stable hash of the patient id (partitioned by patient: each input partition hands each bucket
-its share, so no task ever holds more than one input partition or one bucket). Each bucket becomes a
-partition of a Dask bag of patient records, which maps onto the pure replay.
+buckets by a stable hash of the patient id — partitioned by patient, no full shuffle: each input
+partition writes each bucket its share as a file (a map-reduce shuffle on disk), so no task ever holds more
+than one input partition or one bucket, whatever the size of the export. Each bucket becomes a partition of
+a Dask bag of patient records, which maps onto the pure replay.
 
 The same graph runs on the synchronous scheduler (``client=None``), a local cluster or a remote one
 (``Client("tcp://…")``): nothing here knows which.
@@ -13,7 +14,9 @@ The same graph runs on the synchronous scheduler (``client=None``), a local clus
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 import zlib
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
@@ -24,6 +27,7 @@ from typing import Any
 
 import dask
 import dask.bag as db
+import orjson
 from dask.delayed import Delayed, delayed
 
 from cds_service.engine.model import MEDICATION_RESOURCES
@@ -77,6 +81,8 @@ def bucket_of(patient: str, buckets: int) -> int:
 
 # ---------------------------------------------------------------- tasks (run on workers)
 
+Located = list[tuple[str, dict[str, Any]]]  # (file:line, resource) of one patient
+
 
 def read_medications(parts: Sequence[Part]) -> tuple[dict[str, dict[str, Any]], list[LineProblem], int]:
     """Medication resources (no patient of their own), by ``Medication/id``."""
@@ -110,13 +116,15 @@ def scan_exposure(part: Part, source: RuleSource, medications: Mapping[str, Mapp
     return {"exposed": exposed, "problems": problems, "lines": lines}
 
 
-def route(part: Part, exposed: frozenset[str], buckets: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Pass 2 over one partition: the exposed patients' resources, split into ``buckets`` shares.
+def route(part: Part, exposed: frozenset[str], buckets: int, scratch: str) -> dict[str, Any]:
+    """Pass 2 over one partition: the exposed patients' resources, written to their patients' bucket folders.
 
-    Each share maps patient id → [(file:line of the resource, resource)]. Also counts Patient lines (the
-    export's patient count) and reports lines without a patient.
+    ``scratch/b00042/<partition>.jsonl`` holds this partition's lines for bucket 42, each
+    ``[file:line, patient, resource]``: like a map-reduce shuffle on disk, so no task ever holds more than
+    one partition, and a bucket task reads only its own folder. Also counts Patient lines (the export's
+    patient count) and reports lines without a patient.
     """
-    shares: list[dict[str, Any]] = [{} for _ in range(buckets)]
+    shares: dict[int, list[bytes]] = {}
     problems: list[LineProblem] = []
     lines = patients = 0
     for number, item in read_part(part):
@@ -133,20 +141,27 @@ def route(part: Part, exposed: frozenset[str], buckets: int) -> tuple[list[dict[
             continue
         if patient not in exposed:
             continue
-        shares[bucket_of(patient, buckets)].setdefault(patient, []).append((f"{part.name}:{number}", item))
-    return shares, {"problems": problems, "lines": lines, "patients": patients}
+        shares.setdefault(bucket_of(patient, buckets), []).append(
+            orjson.dumps([f"{part.name}:{number}", patient, item]))
+    stem = f"{part.name}.{part.start}.jsonl"
+    for bucket, rows in shares.items():
+        folder = Path(scratch) / f"b{bucket:05d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / stem).write_bytes(b"\n".join(rows) + b"\n")
+    return {"problems": problems, "lines": lines, "patients": patients}
 
 
-def group(shares: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[tuple[str, dict[str, Any]]]]]:
-    """One bucket's patient records, from every input partition's share (sorted: same order every run)."""
-    merged: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-    for share in shares:
-        for patient, located in share.items():
-            merged.setdefault(patient, []).extend(located)
+def group(bucket: int, scratch: str, routed: Sequence[Any]) -> list[tuple[str, Located]]:
+    """One bucket's patient records, from every partition's file for it (``routed``: only orders the task
+    after every route task). Sorted by patient and file:line order: the same records on every run."""
+    merged: dict[str, Located] = {}
+    folder = Path(scratch) / f"b{bucket:05d}"
+    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else ():
+        with path.open("rb") as handle:
+            for raw in handle:
+                where, patient, resource = orjson.loads(raw)
+                merged.setdefault(patient, []).append((where, resource))
     return sorted(merged.items())
-
-
-Located = list[tuple[str, dict[str, Any]]]  # (file:line, resource) of one patient
 
 
 def evaluate_record(record: tuple[str, Located], sources: Sequence[RuleSource],
@@ -195,8 +210,12 @@ def compute(obj: Any, client: Any, progress: bool, label: str) -> Any:
 
 def run(export: Path, sources: Sequence[RuleSource], rulesets: Sequence[Any], plan: Plan, *, client: Any = None,
         progress: bool = False, block_bytes: int = BLOCK_BYTES,
-        patients_per_bucket: int = PATIENTS_PER_BUCKET) -> RunResult:
-    """Both passes over ``export``; ``client`` None: the synchronous scheduler. Raises ExportError."""
+        patients_per_bucket: int = PATIENTS_PER_BUCKET, scratch: Path | None = None) -> RunResult:
+    """Both passes over ``export``; ``client`` None: the synchronous scheduler. Raises ExportError.
+
+    ``scratch``: a folder every worker can write and read (a cluster: a shared filesystem) for the
+    patient buckets of pass 2; None: a private temporary folder (the local scheduler and local clusters).
+    """
     files = export_files(export)
     wanted = types_read(rulesets)
     result = RunResult()
@@ -229,11 +248,19 @@ def run(export: Path, sources: Sequence[RuleSource], rulesets: Sequence[Any], pl
     read_parts = [part for rtype in sorted(files) if rtype in wanted for path in files[rtype]
                   for part in partitions(path, rtype, block_bytes)]
     exposed_ref: Delayed = delayed(frozenset(exposed), traverse=False)
-    routed = [delayed(route, pure=True, nout=2)(part, exposed_ref, buckets) for part in read_parts]
-    records = db.from_delayed([delayed(group, pure=True)([r[0][b] for r in routed]) for b in range(buckets)])
-    evaluated = records.map(partial(evaluate_record, sources=tuple(sources), plan=plan), medications=meds)
-    outcomes, stats = compute((evaluated, [r[1] for r in routed]), client, progress,
-                               f"pass 2: {len(read_parts)} partition(s) → {buckets} bucket(s) of patients")
+    own_scratch = scratch is None
+    folder = Path(tempfile.mkdtemp(prefix="kbladder-shuffle-")) if scratch is None else scratch / "shuffle"
+    if folder.exists() and not own_scratch:
+        shutil.rmtree(folder)  # a previous run's files must not join this one's buckets
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        routed = [delayed(route, pure=True)(part, exposed_ref, buckets, str(folder)) for part in read_parts]
+        records = db.from_delayed([delayed(group, pure=True)(b, str(folder), routed) for b in range(buckets)])
+        evaluated = records.map(partial(evaluate_record, sources=tuple(sources), plan=plan), medications=meds)
+        outcomes, stats = compute((evaluated, routed), client, progress,
+                                  f"pass 2: {len(read_parts)} partition(s) → {buckets} bucket(s) of patients")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     # Medication files are read by both passes: their lines are counted once (pass 2), their bad lines
     # reported once (the same LineProblem from both passes is one set member).
     for stat in stats:
