@@ -34,13 +34,15 @@ NOW = "2026-06-01T09:00:00Z"
 class Measured:
     mode: str
     seconds: float
+    cpu_seconds: float  # user+system of every process of the run (on a shared machine: the fair measure)
     peak_tree_mb: float
     peak_process_mb: float
     summary: dict
 
 
-def _sample(process: psutil.Process, peaks: dict[str, float], stop: threading.Event) -> None:
-    """Every 100 ms: RSS of the process and all its descendants (sum, and the largest one)."""
+def _sample(process: psutil.Process, peaks: dict[str, float], cpu: dict[int, float], stop: threading.Event) -> None:
+    """Every 100 ms: RSS of the process and all its descendants (sum, and the largest one), and each one's
+    CPU time so far (the last value seen per process is what it used)."""
     while not stop.is_set():
         try:
             members = [process, *process.children(recursive=True)]
@@ -50,6 +52,8 @@ def _sample(process: psutil.Process, peaks: dict[str, float], stop: threading.Ev
         for member in members:
             try:
                 sizes.append(member.memory_info().rss)
+                times = member.cpu_times()
+                cpu[member.pid] = times.user + times.system
             except psutil.NoSuchProcess:
                 continue
         if sizes:
@@ -64,8 +68,9 @@ def run_simulate(export: Path, out: Path, workers: int, extra: list[str]) -> Mea
     started = time.perf_counter()
     popen = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peaks = {"tree": 0.0, "process": 0.0}
+    cpu: dict[int, float] = {}
     stop = threading.Event()
-    sampler = threading.Thread(target=_sample, args=(psutil.Process(popen.pid), peaks, stop), daemon=True)
+    sampler = threading.Thread(target=_sample, args=(psutil.Process(popen.pid), peaks, cpu, stop), daemon=True)
     sampler.start()
     _, stderr = popen.communicate()
     seconds = time.perf_counter() - started
@@ -75,7 +80,7 @@ def run_simulate(export: Path, out: Path, workers: int, extra: list[str]) -> Mea
         raise SystemExit(f"kbladder simulate --workers {workers} failed ({popen.returncode}):\n{stderr[-3000:]}")
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     mode = "1 process (synchronous)" if workers == 1 else f"Dask LocalCluster, {workers} workers"
-    return Measured(mode, seconds, peaks["tree"] / 2**20, peaks["process"] / 2**20, summary)
+    return Measured(mode, seconds, sum(cpu.values()), peaks["tree"] / 2**20, peaks["process"] / 2**20, summary)
 
 
 def main() -> None:
@@ -107,10 +112,11 @@ def main() -> None:
     print(f"export: {patients:,} patients ({exposed:,} exposed), {first['lines_read']:,} resources, "
           f"{size_mb:.0f} MB NDJSON; replayed {calls:,} hook calls per run; cpus: {psutil.cpu_count()}; "
           f"load average at end: {', '.join(f'{x:.1f}' for x in psutil.getloadavg())}")
-    print(f"{'run':36} {'wall s':>8} {'patients/s':>11} {'calls/s':>8} {'peak RSS tree MB':>17} "
-          f"{'largest process MB':>19}")
+    print(f"{'run':36} {'wall s':>8} {'patients/s':>11} {'calls/s':>8} {'CPU s':>7} {'CPU ms/patient':>15} "
+          f"{'peak RSS tree MB':>17} {'largest process MB':>19}")
     for m in results:
         print(f"{m.mode:36} {m.seconds:8.1f} {patients / m.seconds:11.1f} {calls / m.seconds:8.1f} "
+              f"{m.cpu_seconds:7.0f} {1000 * m.cpu_seconds / patients:15.1f} "
               f"{m.peak_tree_mb:17.0f} {m.peak_process_mb:19.0f}")
     same = all(m.summary["rulesets"] == first["rulesets"] for m in results)
     print(f"identical summaries across runs: {same}")
@@ -118,8 +124,11 @@ def main() -> None:
     workers = max(1, int(args.workers.split(",")[-1]))
     per_worker = patients / cluster.seconds / workers
     needed = math.ceil(1_000_000 / (per_worker * 3600))
-    print(f"projection: {per_worker:.1f} patients/s per worker (this export's exposure share "
-          f"{exposed / patients:.0%}) -> a 1,000,000-patient export in one hour needs ~{needed} workers")
+    cpu_per_patient = cluster.cpu_seconds / patients
+    needed_cpu = math.ceil(1_000_000 * cpu_per_patient / 3600)
+    print(f"projection (this export's exposure share {exposed / patients:.0%}): by wall time "
+          f"{per_worker:.2f} patients/s per worker -> ~{needed} workers for 1,000,000 patients in one hour; "
+          f"by CPU time {1000 * cpu_per_patient:.1f} ms per patient -> ~{needed_cpu} dedicated worker cores")
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def write_outputs(out: Path, result: RunResult, data: Mapping[str, Any]) -> list
     written.append(_csv(out / "calls.csv", [
         {"patient": row["patient"], "hook": row["hook"], "at": row["at"], "orders": " ".join(row["orders"]),
          "ruleset": label,
-         "cards": " ".join(f"{c['rule'] or 'checks-incomplete'}:{c['indicator']}" for c in row["by"][label]["cards"]),
+         "cards": " ".join(f"{c['rule']}:{c['indicator']}" for c in row["by"][label]["cards"]),
          "fired": " ".join(f"{c['rule']}:{c['indicator']}" for c in row["by"][label]["fired"]),
          "undecided": " ".join(u["rule"] for u in row["by"][label]["undecided"]),
          "skipped_resources": row["by"][label]["skipped"]}

@@ -54,7 +54,8 @@ class PatientReplay:
 def card_row(card: Mapping[str, Any]) -> dict[str, Any]:
     """What the summary keeps of a card the clinician saw: its rule, version, indicator and summary."""
     rule = card.get("extension", {}).get(f"{EXT}.rule") or {}
-    return {"rule": str(rule.get("id", "")), "version": str(rule.get("version", "")),
+    topic = (card.get("source") or {}).get("topic") or {}  # a card of no rule (checks incomplete): its topic
+    return {"rule": str(rule.get("id") or topic.get("code") or ""), "version": str(rule.get("version", "")),
             "indicator": str(card.get("indicator", "")), "summary": str(card.get("summary", ""))}
 
 
