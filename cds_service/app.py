@@ -17,14 +17,14 @@ from datetime import datetime
 from flask import Flask, Response, g, request
 
 from cds_service.config import Settings
-from cds_service.http import discovery, feedback, health, hooks
+from cds_service.http import discovery, feedback, health, hooks, openapi
 from cds_service.http.auth import install_auth
 from cds_service.http.context import EXTENSION, ServiceContext, wall_clock
 from cds_service.http.cors import install_cors
 from cds_service.http.errors import register_error_handlers
 from cds_service.http.metrics import install_metrics
 from cds_service.rules_state import RulesState
-from cds_service.store import Store
+from cds_service.store import ServiceStore, Store
 
 access_log = logging.getLogger("cds_service.access")
 
@@ -33,7 +33,7 @@ def create_app(
     settings: Settings | None = None,
     *,
     rules_state: RulesState | None = None,
-    store: Store | None = None,
+    store: ServiceStore | None = None,
     clock: Callable[[], datetime] = wall_clock,
 ) -> Flask:
     """A ready Flask app. Without *rules_state*/*store*, they are built from *settings* (polling on).
@@ -54,7 +54,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     app.json.sort_keys = False  # keep card fields in the order the spec lists them
     app.extensions[EXTENSION] = ServiceContext(settings, rules_state, store, clock)
-    for blueprint in (discovery.bp, hooks.bp, feedback.bp, health.bp):
+    for blueprint in (discovery.bp, hooks.bp, feedback.bp, health.bp, openapi.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
     install_metrics(app, rules_state)  # before auth: refused calls are counted too

@@ -369,3 +369,12 @@ def test_request_is_frozen() -> None:
     request = parse_hook_request(order_sign(), served_hooks=ALL_HOOKS)
     with pytest.raises(AttributeError):
         request.hook = "patient-view"  # type: ignore[misc]
+
+
+def test_access_token_must_fit_an_authorization_header() -> None:
+    """Found by schemathesis: a non-ASCII token crashed the outbound request (500) instead of a 400."""
+    body = mutate(patient_view(), ("fhirAuthorization", "access_token"), "tok\u00e9n")
+    with pytest.raises(RequestError) as info:
+        parse_hook_request(body, served_hooks=ALL_HOOKS)
+    assert info.value.field == "fhirAuthorization.access_token"
+    assert "\u00e9" not in info.value.message

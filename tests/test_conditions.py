@@ -435,8 +435,11 @@ def test_new_since_course_start(blocks: RuleSet) -> None:
 
 
 def test_new_since_course_start_forgets_records_older_than_the_lookback(blocks: RuleSet) -> None:
-    items = [condition("SNOMED#49650001", "-400d"), admin("-20d"), condition("SNOMED#49650001", "-10d")]
-    assert outcomes(blocks, items)["new_luts"].truth is Truth.TRUE  # 380 d before the course > 365 d
+    resolved = {"Condition": {"code": "SNOMED#49650001", "onset": "-400d", "status": "resolved", "abated": "-390d"}}
+    items = [resolved, admin("-20d"), condition("SNOMED#49650001", "-10d")]
+    assert outcomes(blocks, items)["new_luts"].truth is Truth.TRUE  # 380 d before the course > 365 d, and over
+    still_active = [condition("SNOMED#49650001", "-400d"), admin("-20d"), condition("SNOMED#49650001", "-10d")]
+    assert outcomes(blocks, still_active)["new_luts"].truth is Truth.FALSE  # active when the lookback began
 
 
 def test_draft_order_only_on_order_hooks(blocks: RuleSet) -> None:

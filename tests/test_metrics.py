@@ -47,6 +47,11 @@ def scrape(url: str) -> tuple[str, Samples]:
     return response.text, samples
 
 
+def rule_of(card: dict[str, Any]) -> str:
+    """The rule a card names; cards about the check itself (checks incomplete) count under "none"."""
+    return card.get("extension", {}).get(f"{EXT}.rule", {}).get("id", "none")
+
+
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
@@ -124,8 +129,7 @@ def test_metrics_after_a_few_hook_calls(tmp_path: Path) -> None:
     assert value(samples, f"{hook}_count", hook="none", status="400") == 1  # refused before the hook was known
     assert value(samples, f"{hook}_sum", hook="patient-view", status="200") > 0
 
-    cards = Counter((c["extension"][f"{EXT}.rule"]["id"], c["indicator"])
-                    for r in responses for c in r.json()["cards"])
+    cards = Counter((rule_of(c), c["indicator"]) for r in responses for c in r.json()["cards"])
     assert sum(cards.values()) >= 1
     for (rule, indicator), count in cards.items():
         assert value(samples, "kbladder_cards_total", rule=rule, indicator=indicator) == count
@@ -210,7 +214,7 @@ def test_two_gunicorn_workers_report_one_sum(tmp_path: Path, processes: list[sub
         body = request_body(prefetch=prefetch(ketamine_given(), dipstick()))
         response = requests.post(f"{url}/cds-services/{PV}", json=body, timeout=30)
         assert response.status_code == 200
-        cards.update((c["extension"][f"{EXT}.rule"]["id"], c["indicator"]) for c in response.json()["cards"])
+        cards.update((rule_of(c), c["indicator"]) for c in response.json()["cards"])
     assert cards
     for _ in range(6):  # several scrapes land on both workers; each must see all calls
         _, samples = scrape(url)
@@ -251,7 +255,6 @@ def test_serve_makes_and_removes_its_own_metrics_folder(tmp_path: Path,
     assert any(folder.glob("*.db"))
     _, samples = scrape(url)
     card = response.json()["cards"][0]
-    assert value(samples, "kbladder_cards_total", rule=card["extension"][f"{EXT}.rule"]["id"],
-                 indicator=card["indicator"]) == 1
+    assert value(samples, "kbladder_cards_total", rule=rule_of(card), indicator=card["indicator"]) == 1
     _stop(proc)
     assert not folder.exists()

@@ -82,3 +82,35 @@ def test_a_condition_used_only_in_the_wording_is_not_reported_unused(tmp_path: P
     assert not [p for p in used.problems if "wording_only" in p.message]
     unused = load(tmp_path / "b", {"t.yaml": rule_text(body)})
     assert [p for p in unused.problems if "condition 'wording_only' is not used" in p.message]
+
+
+NEW = """\
+data:
+  ketamine: {resources: [MedicationAdministration, MedicationRequest, MedicationStatement], valueset: ketamine}
+  luts: {resources: [Condition, Observation], valueset: luts, lookback: P2Y}
+course:
+  exposure: [ketamine]
+  gap: P28D
+windows:
+  on_treatment: {start: course_start, end: now}
+conditions:
+  new_symptom:
+    new: {data: luts, window: on_treatment, before_course: P365D, by: kind}
+tiers:
+  - indicator: info
+    when: new_symptom
+"""
+
+
+def _dysuria(onset: str, **fields: str) -> dict:
+    return {"Condition": {"code": "SNOMED#49650001 Dysuria", "onset": onset, **fields}}
+
+
+def test_a_problem_active_before_the_course_is_not_new_whatever_its_onset(tmp_path: Path) -> None:
+    rules = ruleset(tmp_path, {"t.yaml": rule_text(NEW)})
+    course = [admin("-20d"), admin("-10d"), _dysuria("-5d")]
+    assert result_of(run(rules, course)).status == FIRED
+    assert result_of(run(rules, [_dysuria("-5y", status="active"), *course])).status == NOT_FIRED
+    assert result_of(run(rules, [_dysuria("-5y", status="active", abated="-30d"), *course])).status == NOT_FIRED
+    assert result_of(run(rules, [_dysuria("-5y", status="resolved", abated="-3y"), *course])).status == FIRED
+    assert result_of(run(rules, [_dysuria("-5y", status="resolved"), *course])).status == FIRED

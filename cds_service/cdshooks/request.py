@@ -31,6 +31,8 @@ _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4
 #: FHIR ``id`` datatype (R4): what may legally appear after ``Type/``. Enforcing it also keeps ids safe to
 #: substitute into prefetch/query URLs.
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+#: What an ``Authorization: Bearer`` header can carry (RFC 6750 tokens are a subset).
+_HEADER_TOKEN = re.compile(r"^[\x21-\x7e]+$")
 _REFERENCE = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})$")
 
 
@@ -180,6 +182,8 @@ def _parse_fhir_authorization(value: object) -> FhirAuthorization:
     auth = _object(value, "fhirAuthorization")
     token = _string(_required(auth, "access_token", "fhirAuthorization.access_token"),
                     "fhirAuthorization.access_token")
+    if not _HEADER_TOKEN.match(token):  # it goes into an Authorization header, which carries visible ASCII only
+        raise RequestError("fhirAuthorization.access_token", "expected visible ASCII characters (an OAuth token)")
     token_type = _string(_required(auth, "token_type", "fhirAuthorization.token_type"),
                          "fhirAuthorization.token_type")
     if token_type.lower() != "bearer":

@@ -49,6 +49,29 @@ class RuleContext:
     def data(self, key: str) -> DataRequirement:
         return self.rule.data[key]
 
+    def incomplete(self, *keys: str) -> list[str]:
+        """Why the data of ``keys`` may be incomplete (its resource types could not all be obtained); [] if complete.
+
+        A block that finds nothing, or too little, in such data cannot say "none": its answer is UNKNOWN
+        with these reasons, unless what it did find already decides it (a match found stays a match).
+        """
+        reasons: list[str] = []
+        for key in keys:
+            for rtype in self.rule.data[key].resources:
+                why = self.record.unavailable.get(rtype)
+                if why and why not in reasons:
+                    reasons.append(why)
+        return reasons
+
+    def course_incomplete(self) -> list[str]:
+        """Why the course (its start, its sessions, its last session) may be incomplete; [] if complete."""
+        return self.incomplete(*self._course_keys())
+
+    def _course_keys(self) -> tuple[str, ...]:
+        if self.rule.course:
+            return tuple(self.rule.course.exposure)
+        return tuple(k for k, d in self.rule.data.items() if d.is_medication)
+
     def _since(self, data: DataRequirement) -> datetime | None:
         return self.now - data.lookback if data.lookback is not None else None
 
@@ -109,12 +132,7 @@ class RuleContext:
         return timedelta(seconds=duration_seconds(course.gap)) if course else timedelta(days=28)
 
     def all_course_sessions(self) -> list[ex.Session]:
-        keys = (
-            self.rule.course.exposure
-            if self.rule.course
-            else tuple(k for k, d in self.rule.data.items() if d.is_medication)
-        )
-        return sorted((s for k in keys for s in self.sessions(k)), key=lambda s: (s.start, s.end))
+        return sorted((s for k in self._course_keys() for s in self.sessions(k)), key=lambda s: (s.start, s.end))
 
     def course_sessions(self) -> list[ex.Session]:
         """Sessions of the latest course that was actually given (a longer gap starts a new course).

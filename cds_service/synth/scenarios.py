@@ -1149,3 +1149,185 @@ def advanced_ku_recreational(b: PatientBuilder) -> Outcome:
         "No draft order.",
         patient_view=("KB-02", "KB-03", "KB-07", "KB-08", "KB-11", "KB-12"),
     )
+
+
+# =============================================================== issue 11: rules that say what the evidence says
+
+
+@scenario("single-anaesthetic-dose-retention")
+def single_anaesthetic_dose_retention(b: PatientBuilder) -> Outcome:
+    _, kg = _adult(b, 40, 80, gender="male")
+    surgery = b.day(-b.randint(2, 4), 8)
+    b.condition("fracture", surgery - timedelta(hours=6), category="encounter-diagnosis")
+    b.weight(surgery - timedelta(hours=3), kg)
+    b.administration("ketamine-10", surgery, dose=qty(b.choice((100, 120, 150)), "mg"), route="intravenous",
+                     text="Induction of anaesthesia for femoral fixation")
+    b.condition("retention", surgery + timedelta(hours=b.randint(14, 30)), category="encounter-diagnosis")
+    return Outcome(
+        "One 100-150 mg ketamine induction dose for femoral fixation 2-4 days ago, post-operative urinary "
+        "retention. A single peri-procedural dose is not a cause of ketamine bladder injury (Corrections 1): "
+        "KB-08 gives only an info card that names the dose and does not attribute the retention. No draft order.",
+        patient_view=("KB-08",),
+    )
+
+
+@scenario("infected-hematuria-exposed")
+def infected_hematuria_exposed(b: PatientBuilder) -> Outcome:
+    _, draft_day = _racemic_weekly(b, start=(-70, -45))
+    at = b.day(-b.randint(3, 6), 10)
+    b.condition("dysuria", at - timedelta(days=1), category="encounter-diagnosis")
+    b.urinalysis(at, blood="2+", le="1+", nitrite="pos", rbc=b.randint(30, 60), wbc=b.randint(20, 60))
+    b.culture(at, "Escherichia coli >100,000 CFU/mL")
+    depression_draft(b, draft_day, 0.5)
+    return Outcome(
+        "Weekly maintenance; painful haematuria (> 25 RBC/HPF, dysuria) with a positive nitrite and E. coli "
+        "> 10^5 CFU/mL: infection first — KB-02 is capped at a warning that says treat and repeat the urinalysis "
+        "after treatment, never critical (Corrections 3). On the order hooks also KB-01 (new dysuria: warning).",
+        patient_view=("KB-02",), orders=("KB-01", "KB-02"),
+    )
+
+
+@scenario("dipstick-negative-microscopy")
+def dipstick_negative_microscopy(b: PatientBuilder) -> Outcome:
+    _, draft_day = _racemic_weekly(b, start=(-70, -45))
+    b.urinalysis(b.day(-b.randint(3, 8), 10), blood=b.choice(("1+", "2+")), rbc=b.randint(0, 2))
+    depression_draft(b, draft_day, 0.5)
+    return Outcome(
+        "Weekly maintenance; dipstick blood 1+/2+ but microscopy of the same sample shows 0-2 RBC/HPF: microscopy "
+        "defines microhaematuria (≥ 3 RBC/HPF, AUA/SUFU) and overrides the dipstick — no card (Corrections 4)."
+    )
+
+
+@scenario("trace-dipstick-no-microscopy")
+def trace_dipstick_no_microscopy(b: PatientBuilder) -> Outcome:
+    _, draft_day = _racemic_weekly(b, start=(-70, -45))
+    b.urinalysis(b.day(-b.randint(3, 8), 10), blood="str:trace")
+    depression_draft(b, draft_day, 0.5)
+    return Outcome(
+        "Weekly maintenance; a trace of blood on the dipstick and no microscopy: KB-02 information only, "
+        "'confirm with urine microscopy' (Corrections 4), on every hook.",
+        patient_view=("KB-02",), orders=("KB-02",),
+    )
+
+
+@scenario("alp-within-lab-range")
+def alp_within_lab_range(b: PatientBuilder) -> Outcome:
+    kg = _pain_patient(b)
+    first = b.day(-b.randint(30, 40), 9)
+    b.weight(first - timedelta(days=1), kg)
+    for k in range(5):
+        at = first + timedelta(days=k)
+        b.administration("ketamine-100", at, end=at + timedelta(hours=4), rate=qty(0.5, "mg/kg/h"),
+                         route="intravenous", text="0.5 mg/kg/h IV for 4 hours", reason="chronic-pain")
+    lab = b.day(-b.randint(3, 10), 9)
+    b.observation("alp", lab, value=b.randint(114, 125), digits=0, lln=40, uln=129)
+    b.observation("ggt", lab, value=b.randint(30, 60), digits=0, uln=55)
+    b.observation("alt", lab, value=b.randint(20, 40), digits=0, uln=45)
+    return Outcome(
+        "Five 4-hour pain infusions a month ago; ALP 114-125 U/L with the laboratory's upper limit of 129 U/L, "
+        "GGT and ALT normal: above the recreational 113 U/L cut-off but within the lab's own range — no KB-12 "
+        "card (Corrections 6). No draft order."
+    )
+
+
+@scenario("stable-pre-existing-ic-scores")
+def stable_pre_existing_ic_scores(b: PatientBuilder) -> Outcome:
+    _, kg = _adult(b, 30, 60, gender="female")
+    _depression(b)
+    b.condition("interstitial-cystitis", b.day(-b.randint(800, 1500), 10))
+    times, draft_day = _weekly_maintenance(b, start=(-75, -55), kg=kg)
+    negative_ua(b, times[0] - timedelta(days=b.randint(5, 20)))
+    icsi, icpi = b.randint(12, 15), b.randint(10, 13)
+    before = times[0] - timedelta(days=b.randint(10, 30))
+    b.observation("icsi", before, value=icsi, digits=0)
+    b.observation("icpi", before, value=icpi, digits=0)
+    now = b.day(-b.randint(2, 6), 10)
+    b.observation("icsi", now, value=icsi + b.randint(-1, 1), digits=0)
+    b.observation("icpi", now, value=icpi, digits=0)
+    negative_ua(b, now)
+    depression_draft(b, draft_day, 0.5)
+    return Outcome(
+        "Known interstitial cystitis for years; ICSI 12-15 and ICPI 10-13 before ketamine and unchanged during "
+        "weekly maintenance: a high but stable score is not a rise — no KB-10 card (Corrections 7)."
+    )
+
+
+@scenario("chronic-active-problem-not-new")
+def chronic_active_problem_not_new(b: PatientBuilder) -> Outcome:
+    _, kg = _adult(b, 30, 60, gender="female")
+    _depression(b)
+    b.condition("dysuria", b.day(-b.randint(700, 1200), 10))  # long-standing, still active
+    times, draft_day = _weekly_maintenance(b, start=(-75, -55), kg=kg)
+    negative_ua(b, times[0] - timedelta(days=b.randint(5, 20)))
+    b.condition("dysuria", b.day(-b.randint(5, 10), 10), category="encounter-diagnosis")
+    b.culture(b.day(-b.randint(3, 4), 10))
+    depression_draft(b, draft_day, 0.5)
+    return Outcome(
+        "Dysuria on the problem list for 2-3 years and still active, recorded again at a visit during weekly "
+        "maintenance: a problem active before the course is not new, whatever its onset (Corrections 8) — "
+        "no KB-01 card."
+    )
+
+
+@scenario("monitored-long-term-maintenance")
+def monitored_long_term_maintenance(b: PatientBuilder) -> Outcome:
+    _, kg = _adult(b)
+    _depression(b)
+    times, draft_day = _weekly_maintenance(b, start=(-290, -250), kg=kg)
+    negative_ua(b, times[0] - timedelta(days=b.randint(5, 20)))
+    check = b.day(-b.randint(20, 60), 10)
+    negative_ua(b, check)
+    b.observation("ipss", check, value=b.randint(2, 5), digits=0)
+    depression_draft(b, draft_day, 0.5)
+    return Outcome(
+        "Weekly maintenance for 8-9 months without a break, with a negative urinalysis and an IPSS of 2-5 within "
+        "the last 90 days: monitoring is up to date, so neither the KB-04 long-term information nor KB-15 repeats "
+        "(issue 11 B10)."
+    )
+
+
+@scenario("visible-hematuria-after-stopping")
+def visible_hematuria_after_stopping(b: PatientBuilder) -> Outcome:
+    _, kg = _adult(b)
+    _depression(b)
+    last = -b.randint(200, 280)
+    depression_course(b, start_day=last - b.randint(60, 80), last_day=last, kg=kg)
+    b.condition("gross-hematuria", b.day(-b.randint(5, 20), 10), category="encounter-diagnosis")
+    return Outcome(
+        "A depression course that ended 7-9 months ago; visible haematuria now. Injury can persist or worsen after "
+        "stopping (Corrections 2): KB-02 critical, worded 'after stopping ketamine'. No draft order.",
+        patient_view=("KB-02",),
+    )
+
+
+@scenario("automated-strip-hematuria")
+def automated_strip_hematuria(b: PatientBuilder) -> Outcome:
+    _, draft_day = _racemic_weekly(b, start=(-70, -45))
+    at = b.day(-b.randint(3, 8), 10)
+    b.observation("urine-blood-auto", at, coded="blood-2+")
+    b.observation("urine-le-auto", at, text="negative")
+    b.observation("urine-nitrite-auto", at, text="negative")
+    depression_draft(b, draft_day, 0.5)
+    return Outcome(
+        "Weekly maintenance; the analyser reports blood 2+ under the automated-test-strip LOINC codes (57751-0, "
+        "with 60026-2 and 50558-6 negative), no microscopy: recognised like a manual dipstick — KB-02 warning "
+        "(Corrections 5).",
+        patient_view=("KB-02",), orders=("KB-02",),
+    )
+
+
+@scenario("chronic-daily-use-retention")
+def chronic_daily_use_retention(b: PatientBuilder) -> Outcome:
+    _, kg = _adult(b, 20, 35)
+    start = b.day(-b.randint(900, 1100), 12)
+    b.statement("ketamine-street", start, end=b.day(-b.randint(20, 40), 12), status="completed",
+                dose=qty(b.choice((1, 1.5, 2)), "g"), text="1-2 g a day, insufflated", route="intranasal",
+                note="Recreational use reported at admission")
+    b.weight(b.day(-b.randint(2, 4), 9), kg)
+    b.observation("pvr", b.day(-b.randint(2, 4), 11), value=b.randint(220, 400), digits=0)
+    return Outcome(
+        "Recreational ketamine 1-2 g a day for about 3 years (MedicationStatement, stopped 3-6 weeks ago), no "
+        "administrations on record; post-void residual 220-400 mL. A chronic-use statement is repeated exposure "
+        "(Corrections 1): KB-08 critical on patient-view. No draft order.",
+        patient_view=("KB-08",),
+    )

@@ -94,6 +94,30 @@ def threshold_truth(value: float, comparisons: Sequence[Compare], could_add: flo
     return Truth.UNKNOWN if could else Truth.FALSE
 
 
+def range_truth(low: float, high: float, comparisons: Sequence[Compare]) -> Truth:
+    """Truth when the real value lies anywhere in [low, high] (data that could not be obtained).
+
+    The values that pass form one interval, so: TRUE when both ends pass, FALSE when no end, threshold
+    or point just beside a threshold inside [low, high] passes, else UNKNOWN.
+    """
+    if compare_all(comparisons, low) and compare_all(comparisons, high):
+        return Truth.TRUE
+    probes = [low, high]
+    for compare in comparisons:
+        edge = compare._number()
+        probes += [edge, math.nextafter(edge, math.inf), math.nextafter(edge, -math.inf)]
+    could = any(low <= x <= high and compare_all(comparisons, x) for x in probes)
+    return Truth.UNKNOWN if could else Truth.FALSE
+
+
+def window_missing(ctx: RuleContext, reason: str, value: Any = None) -> Outcome:
+    """A window that does not exist (no course, no last session): FALSE, unless the course data is incomplete."""
+    why = ctx.course_incomplete()
+    if why:
+        return Outcome(Truth.UNKNOWN, value, f"{reason}; exposure data incomplete", missing=why)
+    return Outcome(Truth.FALSE, value, reason)
+
+
 def finding_evidence(finding: Finding, note: str = "") -> Evidence:
     value = finding.value.display() if finding.value is not None else (finding.status or "")
     return Evidence(finding.ref, finding.time, finding.label, value, note)

@@ -24,8 +24,10 @@ from cds_service.engine.blocks.base import (
     compare_all,
     compile_comparisons,
     describe_all,
+    range_truth,
     session_evidence,
     threshold_truth,
+    window_missing,
 )
 from cds_service.engine.model import Quantity, Window
 from cds_service.engine.trace import Outcome, Truth
@@ -67,15 +69,17 @@ class CumulativeDose:
     def evaluate(self, ctx: RuleContext) -> Outcome:
         found = ctx.sessions_in(self.data, self.window, planned=self.planned)
         if isinstance(found, str):
-            return Outcome(Truth.FALSE, 0, found)
+            return window_missing(ctx, found, 0)
         sessions, span = found
         total = ex.cumulative_mg(sessions, *span)
-        truth = threshold_truth(total.mg, self.comparisons, math.inf if total.missing else 0.0)
+        why = ctx.incomplete(self.data)  # sessions that could not be obtained only add
+        truth = threshold_truth(total.mg, self.comparisons, math.inf if total.missing or why else 0.0)
         detail = f"{total.mg:g} mg in {len(total.counted)} session(s) {ctx.span_text(span)}"
         detail += f", need {describe_all(self.comparisons)}"
         missing = [f"{s.ref}: {s.dose.how}" for s in total.missing]
         if missing:
             detail += f"; {len(missing)} session(s) without a usable dose"
+        missing += why
         evidence = [session_evidence(s) for s in total.counted] if truth else []
         return Outcome(truth, round(total.mg, 3), detail, evidence, missing if truth is Truth.UNKNOWN else [])
 
@@ -125,15 +129,17 @@ class SessionRate:
     def evaluate(self, ctx: RuleContext) -> Outcome:
         found = ctx.sessions_in(self.data, self.window, planned=self.planned)
         if isinstance(found, str):
-            return Outcome(Truth.FALSE, 0, found)
+            return window_missing(ctx, found, 0)
         sessions = [s for s in found[0] if ex.is_session(s)]
         period = timedelta(seconds=duration_seconds(self.period))
         best, members = ex.max_sessions_in_period(sessions, period, self.consecutive)
-        truth = Truth.of(compare_all(self.comparisons, best))
+        why = ctx.incomplete(self.data)  # missing sessions could only raise the rate
+        truth = threshold_truth(best, self.comparisons, math.inf if why else 0.0)
         per = format_duration(period.total_seconds())
         run = f" in each of {self.consecutive} consecutive periods" if self.consecutive > 1 else ""
         detail = f"at most {best} session(s) per {per}{run}, need {describe_all(self.comparisons)}"
-        return Outcome(truth, best, detail, [session_evidence(s) for s in members] if truth else [])
+        return Outcome(truth, best, detail, [session_evidence(s) for s in members] if truth else [],
+                       why if truth is Truth.UNKNOWN else [])
 
     def describe(self) -> str:
         run = f" for {self.consecutive} consecutive periods" if self.consecutive > 1 else ""
@@ -186,16 +192,20 @@ class InfusionDuration:
     def evaluate(self, ctx: RuleContext) -> Outcome:
         found = ctx.sessions_in(self.data, self.window, planned=self.planned)
         if isinstance(found, str):
-            return Outcome(Truth.FALSE, 0, found)
+            return window_missing(ctx, found, 0)
         sessions, span = found
+        why = ctx.incomplete(self.data)  # a missing infusion could be longer, or join one found
         merged = ex.merged_intervals([s for s in sessions if ex.is_session(s)])
         if not merged:
+            if why:
+                return Outcome(Truth.UNKNOWN, 0, f"no {self.data} infusion in the data obtained", missing=why)
             return Outcome(Truth.FALSE, 0, f"no {self.data} infusion {ctx.span_text(span)}")
         start, end, members = max(merged, key=lambda m: m[1] - m[0])
         seconds = (end - start).total_seconds()
-        truth = Truth.of(compare_all(self.comparisons, seconds))
+        truth = threshold_truth(seconds, self.comparisons, math.inf if why else 0.0)
         detail = f"longest continuous infusion {format_duration(seconds)}, need {describe_all(self.comparisons)}"
-        return Outcome(truth, format_duration(seconds), detail, [session_evidence(s) for s in members] if truth else [])
+        return Outcome(truth, format_duration(seconds), detail, [session_evidence(s) for s in members] if truth else [],
+                       why if truth is Truth.UNKNOWN else [])
 
     def describe(self) -> str:
         return f"longest continuous {self.data} infusion {describe_all(self.comparisons)}"
@@ -232,11 +242,15 @@ class ContinuousExposure:
     def evaluate(self, ctx: RuleContext) -> Outcome:
         sessions = [s for key in self.data for s in ctx.sessions(key, planned=self.planned)]
         gap = timedelta(seconds=duration_seconds(self.max_gap))
+        why = ctx.incomplete(*self.data)  # missing sessions could only bridge gaps and lengthen the run
         run = ex.continuous_run(sessions, gap)
         if not run or ctx.now - max(s.end for s in run) > gap:
-            return Outcome(Truth.FALSE, 0, f"no exposure within {format_duration(gap.total_seconds())} of now")
+            reason = f"no exposure within {format_duration(gap.total_seconds())} of now"
+            if why:
+                return Outcome(Truth.UNKNOWN, 0, reason + " in the data obtained", missing=why)
+            return Outcome(Truth.FALSE, 0, reason)
         seconds = (max(s.end for s in run) - run[0].start).total_seconds()
-        truth = Truth.of(compare_all(self.comparisons, seconds))
+        truth = threshold_truth(seconds, self.comparisons, math.inf if why else 0.0)
         detail = (
             f"continuous since {run[0].start.date()} ({format_duration(seconds)}, {len(run)} sessions), "
             f"need {describe_all(self.comparisons)}"
@@ -246,7 +260,7 @@ class ContinuousExposure:
             if truth
             else []
         )
-        return Outcome(truth, format_duration(seconds), detail, evidence)
+        return Outcome(truth, format_duration(seconds), detail, evidence, why if truth is Truth.UNKNOWN else [])
 
     def describe(self) -> str:
         gap = format_duration(duration_seconds(self.max_gap))
@@ -293,6 +307,9 @@ class NewCourse:
             last = recent[-1]
             return Outcome(Truth.FALSE, False, f"continues a course: last session {last.start.date()}")
         detail = f"draft order starts a new course (no session in the {format_duration(gap.total_seconds())} before)"
+        why = ctx.course_incomplete()  # a recent session may be among the data that could not be obtained
+        if why:
+            return Outcome(Truth.UNKNOWN, None, detail + " in the data obtained", missing=why)
         return Outcome(Truth.TRUE, True, detail, [session_evidence(first)])
 
     def describe(self) -> str:
@@ -370,18 +387,23 @@ class PlannedGap:
         if not planned:
             return Outcome(Truth.FALSE, None, "no draft order")
         first = planned[0]
+        why = ctx.incomplete(*self.data)  # a later previous session may be missing: the gap can only shrink
         before = [s for s in sessions if not s.planned and ex.is_session(s) and s.start <= first.start]
         if not before:
+            if why:
+                return Outcome(Truth.UNKNOWN, None, "no earlier session in the data obtained", missing=why)
             return Outcome(Truth.FALSE, None, "no earlier session")
         previous = max(before, key=lambda s: s.end)
         seconds = (first.start - previous.end).total_seconds()
-        truth = Truth.of(compare_all(self.comparisons, seconds))
+        truth = range_truth(min(seconds, 0.0), seconds, self.comparisons) if why else Truth.of(
+            compare_all(self.comparisons, seconds))
         detail = f"{format_duration(max(seconds, 0))} after the previous session, need {describe_all(self.comparisons)}"
         return Outcome(
             truth,
             format_duration(max(seconds, 0)),
             detail,
             [session_evidence(previous, "previous session"), session_evidence(first)] if truth else [],
+            why if truth is Truth.UNKNOWN else [],
         )
 
     def describe(self) -> str:

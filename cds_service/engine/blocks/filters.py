@@ -153,7 +153,12 @@ class Near:
                     and self._close(finding.time, other.time, other.end or other.time)
                 )
         truth = any_of(truths)
-        note = f"{finding.ref}: undecided whether {names} is near" if truth is Truth.UNKNOWN else None
+        why = ctx.incomplete(*self.data)
+        if why and truth is Truth.FALSE:  # nothing near in the data obtained: the pair may be in what is missing
+            truth = Truth.UNKNOWN
+        note = None
+        if truth is Truth.UNKNOWN:
+            note = f"{finding.ref}: undecided whether {names} is near" + (f" ({'; '.join(why)})" if why else "")
         return (not_of(truth) if self.negate else truth), note
 
     def describe(self) -> str:

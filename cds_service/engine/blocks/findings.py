@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from cds_service.clinical import exposure as ex
@@ -27,6 +29,7 @@ from cds_service.engine.blocks.base import (
     ref,
     session_evidence,
     threshold_truth,
+    window_missing,
 )
 from cds_service.engine.blocks.filters import ValueTest, Where, compile_value_test, compile_where
 from cds_service.engine.model import DataRequirement, Quantity, Window
@@ -49,17 +52,19 @@ class Count:
     def evaluate(self, ctx: RuleContext) -> Outcome:
         span = ctx.window(self.window)
         if isinstance(span, str):
-            return Outcome(Truth.FALSE, 0, span)
+            return window_missing(ctx, span, 0)
         data = ctx.data(self.data)
+        why = ctx.incomplete(self.data)  # unavailable data could only add to the count
         if data.is_medication:
             sessions = [s for s in ctx.sessions(self.data, planned=self.planned) if ex.overlaps(s, *span)]
             count = len(sessions)
-            truth = Truth.of(compare_all(self.comparisons, count))
+            truth = threshold_truth(count, self.comparisons, math.inf if why else 0.0)
             return Outcome(
                 truth,
                 count,
                 f"{count} session(s) {ctx.span_text(span)}, need {describe_all(self.comparisons)}",
                 [session_evidence(s) for s in sessions] if truth else [],
+                why if truth is Truth.UNKNOWN else [],
             )
         passed: list[Finding] = []
         undecided: list[str] = []
@@ -72,7 +77,9 @@ class Count:
             elif truth is Truth.UNKNOWN:
                 undecided.append(note or f"{finding.ref}: undecidable")
         count = self._count(passed, data)
-        truth = threshold_truth(count, self.comparisons, len(undecided))  # each could add at most one
+        # Each undecided finding could add at most one; data that could not be obtained, any number.
+        truth = threshold_truth(count, self.comparisons, math.inf if why else len(undecided))
+        undecided += why
         detail = f"{count} {self.distinct + ' ' if self.distinct else ''}match(es) {ctx.span_text(span)}"
         detail += f", need {describe_all(self.comparisons)}"
         if self.where:
@@ -148,23 +155,29 @@ class Latest:
     def evaluate(self, ctx: RuleContext) -> Outcome:
         span = ctx.window(self.window)
         if isinstance(span, str):
-            return Outcome(Truth.FALSE, None, span)
+            return window_missing(ctx, span)
         data = ctx.data(self.data)
+        why = ctx.incomplete(self.data)  # a later result may be among the data that could not be obtained
         candidates = [f for f in ctx.findings(self.data) if ctx.inside(f.time, span) and f.value is not None]
         if self.where:
             candidates = [f for f in candidates if self.where.test(f, data, ctx)[0] is Truth.TRUE]
         if not candidates:
+            if why:
+                return Outcome(Truth.UNKNOWN, None, f"no {self.data} {ctx.span_text(span)} in the data obtained",
+                               missing=why)
             return Outcome(Truth.FALSE, None, f"no {self.data} {ctx.span_text(span)}")
         latest = candidates[-1]
         truth, note = self.value.test(latest)
         shown = latest.value.display() if latest.value else ""
         detail = f"latest {self.data} {shown}, need {self.value.describe()}"
+        if why:
+            truth, detail = Truth.UNKNOWN, detail + " (a later result may be missing)"
         return Outcome(
             truth,
             shown,
             detail,
             [finding_evidence(latest)] if truth else [],
-            [note] if note and truth is Truth.UNKNOWN else [],
+            ([note] if note else []) + why if truth is Truth.UNKNOWN else [],
         )
 
     def describe(self) -> str:
@@ -214,10 +227,13 @@ class Change:
     def evaluate(self, ctx: RuleContext) -> Outcome:
         span = ctx.window(self.window)
         if isinstance(span, str):
-            return Outcome(Truth.FALSE, None, span)
+            return window_missing(ctx, span)
+        why = ctx.incomplete(self.data)  # the latest value or the baseline may be among the missing data
         numeric = [(f, self._number(f)) for f in ctx.findings(self.data)]
         current = [(f, n) for f, n in numeric if ctx.inside(f.time, span) and n is not None]
         if not current:
+            if why:
+                return Outcome(Truth.UNKNOWN, None, f"no {self.data} value in the data obtained", missing=why)
             return Outcome(Truth.FALSE, None, f"no {self.data} value {ctx.span_text(span)}")
         now_f, now_v = current[-1]
         base_span = ctx.window(self.baseline, current=now_f.time)
@@ -248,8 +264,10 @@ class Change:
             shown.append(f"{ratio:.2f}× baseline")
         truth = Truth.of(all(checks))
         detail = f"{base_v:g} → {now_v:g}: " + ", ".join(shown)
+        if why:
+            truth, detail = Truth.UNKNOWN, detail + " (the latest value or the baseline may be missing)"
         evidence = [finding_evidence(base_f, "baseline"), finding_evidence(now_f, "current")] if truth else []
-        return Outcome(truth, ", ".join(shown), detail, evidence)
+        return Outcome(truth, ", ".join(shown), detail, evidence, why)
 
     def _number(self, finding: Finding) -> float | None:
         value = finding.value
@@ -349,9 +367,23 @@ CHANGE = Block(
 )
 
 
+ENDED_STATUS = frozenset({"resolved", "inactive", "remission"})
+
+
+def _ongoing_at(condition: Finding, when: datetime) -> bool:
+    """Was this Condition still present at ``when``: abated later, or not recorded as ended at all."""
+    if condition.end is not None:
+        return condition.end >= when
+    return condition.status not in ENDED_STATUS
+
+
 @dataclass(frozen=True, slots=True)
 class NewSince:
-    """A finding in the window whose class had no record in the lookback before the course."""
+    """A finding in the window whose class had no record in the lookback before the course.
+
+    A problem still active when the lookback began (a Condition with an earlier onset that had not
+    abated) was there before the course too, however old its onset: it is not new (issue 11 B9).
+    """
 
     data: str
     window: Window | None
@@ -362,14 +394,20 @@ class NewSince:
     def evaluate(self, ctx: RuleContext) -> Outcome:
         span = ctx.window(self.window)
         if isinstance(span, str):
-            return Outcome(Truth.FALSE, 0, span)
+            return window_missing(ctx, span, 0)
         start = ctx.anchor_time("course_start")
         if start is None:
-            return Outcome(Truth.FALSE, 0, "no ketamine course")
+            return window_missing(ctx, "no ketamine course", 0)
+        # "New" needs the whole record: an earlier record of the class, or an earlier course start, may be missing.
+        why = ctx.incomplete(self.data) + [w for w in ctx.course_incomplete() if w not in ctx.incomplete(self.data)]
         data = ctx.data(self.data)
         prior_from = start - self.before
         classes_before = {
             self._class(f, data) for f in ctx.findings(self.data) if f.time and prior_from <= f.time < start
+        } | {
+            self._class(f, data)
+            for f in ctx.record.findings(data.valueset, data.resources)
+            if f.resource_type == "Condition" and f.time and f.time < prior_from and _ongoing_at(f, prior_from)
         }
         new = [
             f
@@ -382,6 +420,9 @@ class NewSince:
         detail = f"{len(new)} new since course start {start.date()}"
         if classes_before:
             detail += f" (already present before: {', '.join(sorted(classes_before))})"
+        if why:
+            return Outcome(Truth.UNKNOWN, len(new), detail + "; the record before the course is incomplete",
+                           missing=why)
         return Outcome(truth, len(new), detail, [finding_evidence(f, "new since course start") for f in new])
 
     def _class(self, finding: Finding, data: DataRequirement) -> str:
@@ -423,6 +464,7 @@ NEW = Block(
         },
     },
     usage="new: {data, window, before_course: P365D, by: kind}",
-    true_when="a finding whose class was absent in the year before the course",
+    true_when="a finding whose class was absent in the year before the course (a Condition still active when "
+    "that year began, whatever its onset, counts as present)",
     value="how many",
 )
