@@ -15,10 +15,10 @@ from typing import Any
 
 import dask.bag as db
 
+from cds_service.decision.catalog import COUNT, prefetch_key
 from cds_service.fhir.client import FetchLimits
 from cds_service.fhir.prefetch import gather
 from cds_service.fhir.references import MEDICATION_KEY, resolve_medications
-from cds_service.http.services import COUNT, prefetch_key
 from cds_service.simulate.ndjson import LineProblem
 from cds_service.simulate.pipeline import RunResult, compute, types_read
 from cds_service.simulate.replay import PatientReplay, Plan, replay_patient

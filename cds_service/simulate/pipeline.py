@@ -30,9 +30,9 @@ import dask.bag as db
 import orjson
 from dask.delayed import Delayed, delayed
 
+from cds_service.decision.catalog import build_templates, resource_type_of
 from cds_service.engine.model import MEDICATION_RESOURCES
 from cds_service.fhir.parse import check_resource
-from cds_service.http.services import build_templates, resource_type_of
 from cds_service.simulate.ndjson import (
     BLOCK_BYTES,
     ExportError,
