@@ -15,8 +15,8 @@ import orjson
 from flask import Flask
 
 from cds_service.cdshooks.hooks import HOOKS
+from cds_service.decision.catalog import templates_for
 from cds_service.demo import DemoPatient, hook_request
-from cds_service.http.services import templates_for
 
 from .patients import NOW
 

@@ -24,7 +24,7 @@ from cds_service.http.cors import install_cors
 from cds_service.http.errors import register_error_handlers
 from cds_service.http.metrics import install_metrics
 from cds_service.rules_state import RulesState
-from cds_service.store import Store
+from cds_service.store import ServiceStore, Store
 
 access_log = logging.getLogger("cds_service.access")
 
@@ -33,7 +33,7 @@ def create_app(
     settings: Settings | None = None,
     *,
     rules_state: RulesState | None = None,
-    store: Store | None = None,
+    store: ServiceStore | None = None,
     clock: Callable[[], datetime] = wall_clock,
 ) -> Flask:
     """A ready Flask app. Without *rules_state*/*store*, they are built from *settings* (polling on).

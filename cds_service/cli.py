@@ -9,17 +9,15 @@ from typing import Any
 
 import click
 
-from cds_service.cdshooks.hooks import HOOKS, drafts_to_evaluate
-from cds_service.clinical.record import PatientRecord
+from cds_service.cdshooks.hooks import HOOKS
 from cds_service.clinical.timeutil import TimeError, parse_instant
-from cds_service.engine.cards import build_cards
-from cds_service.engine.evaluate import evaluate
+from cds_service.decision.decide import decide
+from cds_service.decision.testing import TEST_PATIENT_ID, format_report, run_tests
 from cds_service.engine.explain import explain
 from cds_service.engine.loader import load_ruleset
 from cds_service.engine.shorthand import Expander, ShorthandError
-from cds_service.engine.testing import TEST_PATIENT_ID, format_report, run_tests
 from cds_service.engine.yamlpos import YamlError, load_file
-from cds_service.fhir.parse import bundle_resources, parse_resources
+from cds_service.fhir.parse import bundle_resources
 
 DEFAULT_RULES = Path("rules")
 HOOK_CHOICE = click.Choice(list(HOOKS))
@@ -89,12 +87,17 @@ def _load_json_or_shorthand(path: Path, now: Any, *, draft: bool) -> tuple[list[
 @click.option("--now", help="Evaluation time (ISO 8601); default: the file's now, else the current time.")
 @click.option("--draft", "draft_file", type=click.Path(exists=True, path_type=Path),
               help="Draft orders: FHIR JSON (Bundle or MedicationRequest) or shorthand YAML with drafts:.")
+@click.option("--select", "selections", multiple=True, metavar="Type/id",
+              help="order-select: the selected draft (repeatable), as context.selections; default: every draft.")
 @click.option("--rules", "rules_dir", type=click.Path(path_type=Path), default=DEFAULT_RULES, show_default=True)
 @click.option("--site", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable trace and cards.")
-def explain_cmd(patient_file: Path, hook: str, now: str | None, draft_file: Path | None, rules_dir: Path,
-                site: Path | None, as_json: bool) -> None:
-    """For every rule: fired or not, and why (each condition's value and evidence)."""
+def explain_cmd(patient_file: Path, hook: str, now: str | None, draft_file: Path | None,
+                selections: tuple[str, ...], rules_dir: Path, site: Path | None, as_json: bool) -> None:
+    """For every rule: fired or not, and why (each condition's value and evidence).
+
+    Decided by the same function as the service, so the drafts a hook evaluates and the cards match it.
+    """
     loaded = load_ruleset([rules_dir], site=site)
     if loaded.ruleset is None:
         for problem in loaded.problems:
@@ -113,18 +116,19 @@ def explain_cmd(patient_file: Path, hook: str, now: str | None, draft_file: Path
         from datetime import UTC, datetime
 
         when = datetime.now(UTC)  # the CLI edge may read the clock; the engine never does
-    valid, problems = parse_resources(resources)
-    valid_drafts, draft_problems = parse_resources(drafts_to_evaluate(hook, drafts))
-    record = PatientRecord(valid, drafts=valid_drafts, ordinal_codes=loaded.ruleset.ordinal_codes)
-    evaluation = evaluate(loaded.ruleset, record, hook=hook, now=when)
-    patient_id = record.patient_id
-    cards = build_cards(evaluation, patient_id=patient_id, data_gaps=[str(p) for p in problems + draft_problems])
+    if selections and HOOKS[hook].drafts != "selected":
+        raise click.UsageError(f"--select is for a hook with selections; {hook} has none")
+    decision = decide(loaded.ruleset, resources, hook=hook, now=when, drafts=drafts,
+                      selections=list(selections) or None)
+    cards = decision.cards
     if as_json:
-        click.echo(json.dumps({"results": [r.as_json() for r in evaluation.results], "cards": cards}, indent=2))
+        click.echo(json.dumps({"results": [r.as_json() for r in decision.evaluation.results], "cards": cards,
+                               **({"extension": decision.body["extension"]} if "extension" in decision.body else {})},
+                              indent=2))
         return
-    for problem in problems + draft_problems:
+    for problem in decision.skipped:
         click.echo(f"warning: {problem}", err=True)
-    click.echo(explain(evaluation, color=sys.stdout.isatty()))
+    click.echo(explain(decision.evaluation, color=sys.stdout.isatty()))
     click.echo("")
     click.echo(f"cards: {len(cards)}")
     for card in cards:

@@ -34,9 +34,9 @@ from rulekit import rule_version
 
 from cds_service.app import create_app
 from cds_service.cdshooks import discovery_problems, response_problems, template_problems
+from cds_service.cdshooks.hooks import SERVICES
 from cds_service.config import Settings
 from cds_service.fhir.client import FetchLimits
-from cds_service.http.services import SERVICES
 from cds_service.rules_state import RulesState
 from cds_service.store import Store
 

@@ -10,7 +10,7 @@ from flask import current_app
 
 from cds_service.config import Settings
 from cds_service.rules_state import RulesState
-from cds_service.store import Store
+from cds_service.store.protocol import ServiceStore
 
 EXTENSION = "kbladder"
 
@@ -24,7 +24,7 @@ def wall_clock() -> datetime:
 class ServiceContext:
     settings: Settings
     rules: RulesState
-    store: Store | None
+    store: ServiceStore | None
     clock: Callable[[], datetime] = field(default=wall_clock)
 
 

@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.cdshooks import SERVICES, parse_hook_request
 from cds_service.config import is_loopback_host
+from cds_service.decision.call import run_hook
 from cds_service.engine.evaluate import FIRED, SUPPRESSED, Evaluation
 from cds_service.fhir.prefetch import PrefetchUnavailable
 
@@ -24,7 +25,6 @@ from .body import read_json
 from .context import service_context
 from .errors import error_response
 from .metrics import count_decision
-from .pipeline import card_issues, run_hook
 
 log = logging.getLogger("cds_service.http")
 
@@ -65,21 +65,22 @@ def invoke(service_id: str) -> Response:
         # One expression per prefetch key we needed and could neither find nor fetch (P7).
         return error_response(412, "prefetch missing and no FHIR server access",
                               expression=[f"prefetch.{key}" for key in exc.keys] or ["prefetch"])
-    g.cards = len(outcome.cards)
-    g.rules_fired = fired_rules(outcome.evaluation)
-    count_decision(outcome.cards, outcome.evaluation, outcome.missing)
+    decision = outcome.decision
+    g.cards = len(decision.cards)
+    g.rules_fired = fired_rules(decision.evaluation)
+    count_decision(decision.cards, decision.evaluation, decision.missing)
     log.info("hook answered", extra={"fields": {
         "hook": request.hook, "hookInstance": request.hook_instance, "service": service.id,
-        "cards": len(outcome.cards), "missing": sorted(outcome.missing), "skipped": len(outcome.skipped),
+        "cards": len(decision.cards), "missing": sorted(decision.missing), "skipped": len(decision.skipped),
         "sources": outcome.sources, "rulesVersion": ruleset.version,
         "ms": round((time.monotonic() - started) * 1000, 1)}})
 
-    if ctx.store is not None and outcome.cards:
+    if ctx.store is not None and decision.cards:
         try:  # the audit log must never withhold advice from a clinician
-            ctx.store.record_cards(request.hook_instance, service.id, card_issues(outcome.cards), ctx.clock())
+            ctx.store.record_cards(request.hook_instance, service.id, decision.card_issues(), ctx.clock())
         except SQLAlchemyError as exc:
             log.error("could not record cards: %s", type(exc).__name__)
-    return Response(orjson.dumps(outcome.body), mimetype="application/json")  # the JSON floor's encoder
+    return Response(orjson.dumps(decision.body), mimetype="application/json")  # the JSON floor's encoder
 
 
 def fhir_server_problem(fhir_server: str, client: object) -> str | None:

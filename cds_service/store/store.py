@@ -23,12 +23,11 @@ from sqlalchemy.pool import StaticPool
 
 from ..cdshooks.feedback import FeedbackItem
 from .migrate import upgrade
+from .protocol import CardIssue
 from .schema import Base, CardIssueRow, FeedbackRow, JtiRow
 
 __all__ = ["CardIssue", "Store", "StoredFeedback", "normalise_database_url"]
 
-#: Card issue log entry: (card uuid, rule id, rule version, indicator).
-CardIssue = tuple[str, str, str, str]
 
 _PURGE_EVERY = 64
 

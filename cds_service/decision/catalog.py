@@ -14,7 +14,7 @@ from typing import Any
 from cds_service.cdshooks import HOOKS, SERVICES, template_problems
 from cds_service.engine.model import MEDICATION_RESOURCES, RuleSet
 
-log = logging.getLogger("cds_service.http")
+log = logging.getLogger("cds_service.decision")
 
 PATIENT_KEY = "patient"
 COUNT = 1000
