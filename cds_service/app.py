@@ -17,7 +17,7 @@ from datetime import datetime
 from flask import Flask, Response, g, request
 
 from cds_service.config import Settings
-from cds_service.http import discovery, feedback, health, hooks, openapi
+from cds_service.http import calls, discovery, feedback, health, openapi
 from cds_service.http.auth import install_auth
 from cds_service.http.context import EXTENSION, ServiceContext, wall_clock
 from cds_service.http.cors import install_cors
@@ -54,7 +54,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     app.json.sort_keys = False  # keep card fields in the order the spec lists them
     app.extensions[EXTENSION] = ServiceContext(settings, rules_state, store, clock)
-    for blueprint in (discovery.bp, hooks.bp, feedback.bp, health.bp, openapi.bp):
+    for blueprint in (discovery.bp, calls.bp, feedback.bp, health.bp, openapi.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
     install_metrics(app, rules_state)  # before auth: refused calls are counted too

@@ -36,7 +36,7 @@ def cards_for(rules: RuleSet, resources: list[dict], drafts: list[dict], hook: s
     assert not problems, problems
     if hook == "order-select":
         drafts = drafts[:1]  # the demo and the manifest select the first draft order
-    record = PatientRecord(valid, drafts=drafts if hook != "patient-view" else [], ordinal_codes=rules.ordinal_codes)
+    record = PatientRecord(valid, drafts=drafts if hook != "patient-view" else [], **rules.record_options())
     return {r.rule.id for r in evaluate(rules, record, hook=hook, now=now).shown()}
 
 

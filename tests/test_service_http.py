@@ -83,7 +83,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 def prefetch(*resources: dict[str, Any], pid: str = "p1", omit: tuple[str, ...] = ()) -> dict[str, Any]:
     """A full prefetch for our templates, resources sorted into their keys."""
     keys = {"medicationAdministration": [], "medicationRequest": [], "medicationStatement": [],
-            "observation": [], "condition": [], "allergyIntolerance": []}
+            "observation": [], "condition": [], "allergyIntolerance": [], "diagnosticReport": []}
     for resource in resources:
         rtype = resource["resourceType"]
         keys[rtype[:1].lower() + rtype[1:]].append(resource)

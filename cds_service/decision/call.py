@@ -1,13 +1,14 @@
 """One hook call without HTTP: gather the data (prefetch, else the EHR's FHIR server) → decide → response.
 
-The Flask view (http/hooks.py) and the warm-up (warmup.py) call :func:`run_hook`; it touches the FHIR
+The Flask view (http/calls.py) and the warm-up (warmup.py) call :func:`run_hook`; it touches the FHIR
 server through ``gather``/``resolve_medications`` and never the clock (``now`` is read by the caller).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -17,8 +18,9 @@ from cds_service.decision.catalog import templates_for
 from cds_service.decision.decide import Decision, decide
 from cds_service.engine.cards import CardSettings
 from cds_service.engine.model import RuleSet
+from cds_service.fhir.client import FetchLimits
 from cds_service.fhir.prefetch import gather
-from cds_service.fhir.references import MEDICATION_KEY, resolve_medications
+from cds_service.fhir.references import MEDICATION_KEY, ORDER_KEY, resolve_medications, resolve_orders
 
 log = logging.getLogger("cds_service.decision")
 
@@ -45,6 +47,7 @@ def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: da
     Raises ``PrefetchUnavailable`` (→ 412) when data is missing and there is no FHIR access.
     """
     auth = request.fhir_authorization
+    started = time.monotonic()
     gathered = gather(
         templates_for(ruleset, request.hook),
         request.prefetch,
@@ -54,19 +57,30 @@ def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: da
         limits=settings.fetch_limits,
         allow_unauthenticated_fhir=settings.allow_unauthenticated_fhir,
     )
-    medications = resolve_medications(
+    # Follow-up reads (the orders administrations carry out, then the Medications events and orders name)
+    # share what is left of the call's one FHIR time budget.
+    orders = resolve_orders(
         gathered.resources,
         fhir_server=request.fhir_server,
         access_token=auth.access_token if auth else None,
-        limits=settings.fetch_limits,
+        limits=_remaining(settings.fetch_limits, started),
+        allow_unauthenticated_fhir=settings.allow_unauthenticated_fhir,
+    )
+    medications = resolve_medications(
+        gathered.resources + orders.resources,
+        fhir_server=request.fhir_server,
+        access_token=auth.access_token if auth else None,
+        limits=_remaining(settings.fetch_limits, started),
         allow_unauthenticated_fhir=settings.allow_unauthenticated_fhir,
     )
     missing = dict(gathered.missing)
+    if orders.missing:
+        missing[ORDER_KEY] = orders.missing
     if medications.missing:
         missing[MEDICATION_KEY] = medications.missing
     decision = decide(
         ruleset,
-        gathered.resources + medications.resources,
+        gathered.resources + orders.resources + medications.resources,
         hook=request.hook,
         now=now,
         patient_id=request.patient_id,
@@ -84,3 +98,9 @@ def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: da
             "; ".join(map(str, decision.skipped[:10])),
         )
     return HookOutcome(decision, dict(gathered.sources))
+
+
+def _remaining(limits: FetchLimits, started: float) -> FetchLimits:
+    """The limits with the time budget cut to what this hook call has left (never below a token 50 ms)."""
+    left = max(0.05, limits.time_budget_s - (time.monotonic() - started))
+    return replace(limits, time_budget_s=left, request_timeout_s=min(limits.request_timeout_s, left))

@@ -22,11 +22,12 @@ from cds_service.engine.evaluate import Evaluation, evaluate
 from cds_service.engine.incomplete import incomplete_checks_card
 from cds_service.engine.model import MEDICATION_RESOURCES, RuleSet
 from cds_service.fhir.parse import ParseProblem, parse_resources
-from cds_service.fhir.references import MEDICATION_KEY
+from cds_service.fhir.references import MEDICATION_KEY, ORDER_KEY
 
 MISSING_DATA = f"{EXT}.missingData"
 UNDECIDED = f"{EXT}.undecided"
 SKIPPED_RESOURCES = f"{EXT}.skippedResources"
+DOSE_UNKNOWN = f"{EXT}.doseUnknown"  # sentences: how many administrations have no dose anywhere, and why
 RULE_SET_VERSION = f"{EXT}.ruleSetVersion"
 DEFAULT_CARD_SETTINGS = CardSettings()
 
@@ -107,13 +108,19 @@ def decide(
             unavailable.setdefault(rtype, f"{key}: {why}")
     for problem in skipped:
         unavailable.setdefault(problem.resource_type, f"{problem.resource_type}: malformed resource(s) skipped")
-    record = PatientRecord(valid, drafts=chosen, ordinal_codes=ruleset.ordinal_codes, unavailable=unavailable)
+    record = PatientRecord(valid, drafts=chosen, unavailable=unavailable, **ruleset.record_options())
     evaluation = evaluate(ruleset, record, hook=hook, now=now)
     gaps = [f"{key}: {reason}" for key, reason in missing.items()]
+    # Administrations whose dose is known nowhere (not on them, not on their order): dose totals leave them
+    # out, and the cards (or the incomplete-checks card) say how many.
+    undosed = record.undosed_administrations(
+        [vs for vs in ruleset.valuesets.values() if vs.substance], ruleset.valuesets.get("body-weight"), now
+    )
+    gaps.extend(undosed)
     if skipped:
         gaps.append(f"{len(skipped)} FHIR resource(s) could not be read and were skipped")
     patient_id = patient_id if patient_id is not None else record.patient_id
-    incomplete = incomplete_checks_card(evaluation, unavailable_data(missing, skipped))
+    incomplete = incomplete_checks_card(evaluation, unavailable_data(missing, skipped, undosed))
     cards = build_cards(
         evaluation,
         patient_id=patient_id,
@@ -124,7 +131,7 @@ def decide(
         settings=card_settings,
         new_id=new_id,
     )
-    body = response_body(ruleset, evaluation, cards, missing, skipped)
+    body = response_body(ruleset, evaluation, cards, missing, skipped, undosed)
     return Decision(evaluation, record, cards, body, gaps, missing, skipped, patient_id, card_settings, new_id)
 
 
@@ -134,6 +141,7 @@ def response_body(
     cards: list[dict[str, Any]],
     missing: Mapping[str, str],
     skipped: Sequence[ParseProblem],
+    undosed: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The CDS Hooks response: the cards, and our extension when anything was undecided or missing."""
     body: dict[str, Any] = {"cards": cards}
@@ -143,6 +151,8 @@ def response_body(
         extension[UNDECIDED] = undecided
     if missing:
         extension[MISSING_DATA] = [{"key": k, "reason": v} for k, v in missing.items()]
+    if undosed:
+        extension[DOSE_UNKNOWN] = list(undosed)
     if skipped:
         extension[SKIPPED_RESOURCES] = [
             {"resourceType": p.resource_type, **({"id": p.resource_id} if p.resource_id else {}), "reason": p.message}
@@ -166,20 +176,30 @@ def undecided_rules(evaluation: Evaluation) -> list[dict[str, Any]]:
     return out
 
 
-def unavailable_data(missing: Mapping[str, str], skipped: Sequence[ParseProblem]) -> dict[str, str]:
-    """Resource type → why, as the incomplete-checks card words it (``Medication`` for unread products)."""
+def unavailable_data(
+    missing: Mapping[str, str], skipped: Sequence[ParseProblem], undosed: Sequence[str] = ()
+) -> dict[str, str]:
+    """Resource type → why, as the incomplete-checks card words it (``Medication`` for unread products).
+
+    Orders that administrations reference but could not be read are medication orders not retrieved;
+    administrations with no dose anywhere are data the dose checks lacked, and the card says how many.
+    """
     out: dict[str, str] = {}
     for key, why in missing.items():
-        rtype = "Medication" if key == MEDICATION_KEY else resource_type_of(key)
+        rtype = {MEDICATION_KEY: "Medication", ORDER_KEY: "MedicationRequest"}.get(key) or resource_type_of(key)
         out.setdefault(rtype, f"could not be retrieved ({why})")
     bad: dict[str, int] = {}
     for problem in skipped:
         bad[problem.resource_type] = bad.get(problem.resource_type, 0) + 1
     for rtype, count in bad.items():
         out.setdefault(rtype, f"{count} could not be read (malformed) and {'were' if count > 1 else 'was'} skipped")
+    if undosed:
+        out.setdefault("MedicationAdministration", "; ".join(undosed))
     return out
 
 
 def _types_of_key(key: str) -> frozenset[str]:
     """Resource types whose data a missing key leaves incomplete (Medications: every medication event)."""
+    if key == ORDER_KEY:
+        return frozenset({"MedicationAdministration"})  # their dose is on the order that could not be read
     return MEDICATION_RESOURCES if key == MEDICATION_KEY else frozenset({resource_type_of(key)})

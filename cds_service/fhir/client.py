@@ -85,7 +85,7 @@ def outcome_error(outcome: Mapping[str, Any]) -> str | None:
     return f"OperationOutcome: {why[:120]}"
 
 
-def bundle_resources(bundle: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+def searchset_resources(bundle: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
     """The data resources of a Bundle, and the first error-severity outcome entry (if any).
 
     Outcome entries (search.mode == "outcome" or OperationOutcome resources) are never returned as data;
@@ -262,7 +262,7 @@ class FhirClient:
         if read:
             return [body], None
         if body["resourceType"] == "Bundle":
-            return bundle_resources(body)
+            return searchset_resources(body)
         return [], "not a FHIR Bundle"
 
     def _get(self, url: str, deadline: float) -> tuple[int, Any]:

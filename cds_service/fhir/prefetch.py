@@ -15,18 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from .client import FetchLimits, FhirClient, QueryResult, bundle_resources, is_read, next_link
+from cds_service.cdshooks.hooks import USER_PREFETCH_TOKENS
+
+from .client import FetchLimits, FhirClient, QueryResult, is_read, next_link, searchset_resources
 
 log = logging.getLogger("cds_service.fhir")
 
 # {{ token }}: plain substitution, not an expression language (2.0 has none; P1, P2).
 _TOKEN = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
-_USER_TOKENS = {
-    "userPractitionerId": "Practitioner",
-    "userPractitionerRoleId": "PractitionerRole",
-    "userPatientId": "Patient",
-    "userRelatedPersonId": "RelatedPerson",
-}
 
 
 class PrefetchUnavailable(Exception):
@@ -57,7 +53,7 @@ def _token_value(token: str, context: Mapping[str, Any], user_id: str | None) ->
         if isinstance(value, str | int | float) and str(value) != "":
             return str(value)
         return None  # absent, or not a root-level primitive (objects, arrays)
-    resource_type = _USER_TOKENS.get(token)
+    resource_type = USER_PREFETCH_TOKENS.get(token)
     if resource_type is None or not user_id:
         return None
     parts = user_id.rstrip("/").split("/")  # "Practitioner/123", also an absolute reference
@@ -155,7 +151,7 @@ def _read_prefetch_value(value: Any) -> tuple[list[dict[str, Any]], str | None, 
         return [], "prefetch OperationOutcome", None
     if value["resourceType"] != "Bundle":  # a read
         return [value], None, None
-    resources, error = bundle_resources(value)
+    resources, error = searchset_resources(value)
     if error:  # the client says this search failed: don't re-query blindly (P4)
         return resources, "prefetch OperationOutcome", None
     return resources, None, next_link(value)

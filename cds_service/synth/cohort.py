@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cds_service.cdshooks.hooks import HOOKS
+from cds_service.synth import shapes  # noqa: F401  (registers the issue-16 record-shape scenarios last)
 from cds_service.synth.background import Background, load_backgrounds, overlay
 from cds_service.synth.builder import PatientBuilder, iso
 from cds_service.synth.codes import ALL_RULES, PATIENT_VIEW_RULES

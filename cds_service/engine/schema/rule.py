@@ -147,6 +147,10 @@ DATA = {
             "description": "g/mol, to compare mass and substance concentrations",
         },
         "body_weight": {"type": "string", "description": "data key of body weights, for mg/kg doses"},
+        "history": {
+            "type": "boolean",
+            "description": "also read resolved, inactive and remission problems (default false: only current ones)",
+        },
     },
 }
 
