@@ -18,7 +18,7 @@ from flask import Flask, Response, g, request
 from cds_service.config import Settings
 from cds_service.governance.decisionlog import keyed_hash
 from cds_service.governance.service import Governance
-from cds_service.http import discovery, feedback, health, hooks, openapi
+from cds_service.http import calls, discovery, feedback, health, openapi
 from cds_service.http.auth import install_auth
 from cds_service.http.context import EXTENSION, ServiceContext, wall_clock
 from cds_service.http.cors import install_cors
@@ -26,6 +26,7 @@ from cds_service.http.errors import register_error_handlers
 from cds_service.http.metrics import install_metrics
 from cds_service.rules_state import RulesState
 from cds_service.store import ServiceStore, Store
+from cds_service.store.outage import OUTAGE, StoreOutage
 
 access_log = logging.getLogger("cds_service.access")
 
@@ -66,7 +67,8 @@ def create_app(
     atexit.register(governance.close)  # gunicorn workers exit through here on SIGTERM: flush the log
     app.extensions[LOG_KEY] = key
     app.extensions[EXTENSION] = ServiceContext(settings, rules_state, store, clock, governance)
-    for blueprint in (discovery.bp, hooks.bp, feedback.bp, health.bp, openapi.bp):
+    app.extensions[OUTAGE] = StoreOutage()  # how the service keeps advising while the store is down
+    for blueprint in (discovery.bp, calls.bp, feedback.bp, health.bp, openapi.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
     install_metrics(app, rules_state)  # before auth: refused calls are counted too

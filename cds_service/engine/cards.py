@@ -339,7 +339,11 @@ def short_citation(reference: Reference) -> str:
     citation = reference.citation.strip()
     first = re.split(r"[\s,.]", citation, maxsplit=1)[0] or reference.id
     year = _YEAR.search(citation)
-    label = f"{first} {year.group(0)}" if year and len(first) > 1 else citation[:40]
+    if year and len(first) > 1:
+        label = f"{first} {year.group(0)}"
+    else:  # a label or guideline without author and year: its title, cut at a word
+        title = citation.split(". ")[0]
+        label = title if len(title) <= 40 else title[:40].rsplit(" ", 1)[0] + "…"
     return f"[{label}]({reference.url})" if reference.url else label
 
 

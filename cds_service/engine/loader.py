@@ -55,7 +55,7 @@ from cds_service.engine.model import (
     DataRequirement,
     Link,
     Ordinal,
-    OverrideReason,
+    OverrideOption,
     Parameter,
     Quantity,
     Reference,
@@ -612,7 +612,7 @@ class RuleCompiler:
             self.problem(("card", "suggestions"), f"duplicate suggestion id {key!r}")
         site_snooze = self.overrides.get("snooze") or {}
         reasons = tuple(
-            OverrideReason(r["code"], r["display"], r.get("system", OVERRIDE_SYSTEM),
+            OverrideOption(r["code"], r["display"], r.get("system", OVERRIDE_SYSTEM),
                            site_snooze.get(r["code"], r.get("snooze_days")))
             for r in raw.get("override_reasons") or []
         )

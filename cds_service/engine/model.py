@@ -140,7 +140,9 @@ class Suggestion:
 
 
 @dataclass(frozen=True, slots=True)
-class OverrideReason:
+class OverrideOption:
+    """An override reason a rule offers on its cards (the wire model of a chosen one: cdshooks.OverrideReason)."""
+
     code: str
     display: str
     system: str
@@ -172,7 +174,7 @@ class CardTemplate:
     detail: Template | None
     suggestions: tuple[Suggestion, ...]
     selection: str
-    override_reasons: tuple[OverrideReason, ...]
+    override_reasons: tuple[OverrideOption, ...]
     links: tuple[Link, ...]
 
 

@@ -12,11 +12,11 @@ import dataclasses
 import logging
 
 from flask import Blueprint, Response, jsonify
-from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.cdshooks import SERVICES, parse_feedback
 from cds_service.cdshooks.feedback import Coding, FeedbackItem
 from cds_service.engine.model import RuleSet
+from cds_service.store.outage import STORE_ERRORS, store_outage
 from cds_service.store.store import IssuedCard
 
 from .body import read_json
@@ -27,6 +27,9 @@ log = logging.getLogger("cds_service.http")
 
 bp = Blueprint("feedback", __name__)
 
+#: Seconds an EHR should wait before resending feedback we could not store (Retry-After).
+RETRY_AFTER_S = 30
+
 
 @bp.post("/cds-services/<service_id>/feedback")
 def feedback(service_id: str) -> Response:
@@ -35,11 +38,11 @@ def feedback(service_id: str) -> Response:
     ctx = service_context()
     items = parse_feedback(read_json(ctx.settings.max_body_bytes))
     if ctx.store is None or ctx.governance is None:
-        return error_response(503, "feedback store not configured")
+        return _unavailable("feedback store not configured")
     ruleset = ctx.rules.ruleset
     try:
         cards: list[IssuedCard] = []
-        for i, item in enumerate(items):  # all items checked before any is stored
+        for i, item in enumerate(items):  # every item checked before any is stored
             card = ctx.governance.issued_card(item.card)
             if card is None:
                 return error_response(404, "no card with this uuid was issued by this service",
@@ -48,17 +51,29 @@ def feedback(service_id: str) -> Response:
                 return error_response(404, "this card was issued by another CDS service; send its feedback there",
                                       field=f"feedback[{i}].card")
             cards.append(card)
-        new = learnt = 0
-        for item, card in zip(items, cards, strict=True):
-            item = with_reason_display(item, card, ruleset)
-            new += ctx.store.record_feedback(service_id, item, rule_id=card.rule_id, rule_version=card.rule_version)
+        filled = [with_reason_display(item, card, ruleset) for item, card in zip(items, cards, strict=True)]
+        new = ctx.store.record_feedback_items(service_id, filled)  # all items or none
+    except STORE_ERRORS as exc:
+        store_outage().failed("feedback", exc, ctx.clock())
+        log.warning("feedback not stored: store unavailable", extra={"fields": {
+            "service": service_id, "items": len(items), "error": type(exc).__name__}})
+        return _unavailable("feedback could not be stored; retry later")
+    learnt = 0
+    for item, card in zip(filled, cards, strict=True):
+        try:  # a snooze is learnt best-effort: the feedback itself is stored
             learnt += ctx.governance.learn(card, item, ruleset)
-    except SQLAlchemyError as exc:
-        log.error("feedback store unavailable", extra={"fields": {"error": type(exc).__name__}})
-        return error_response(503, "feedback store unavailable; retry later")
+        except STORE_ERRORS as exc:
+            log.error("snooze not recorded", extra={"fields": {"error": type(exc).__name__}})
     log.info("feedback stored", extra={"fields": {"service": service_id, "items": len(items), "new": new,
                                                   "snoozes": learnt}})
     return jsonify({})
+
+
+def _unavailable(message: str) -> Response:
+    """503 with Retry-After: the feedback was not stored and may be sent again unchanged."""
+    response = error_response(503, message)
+    response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
 
 
 def with_reason_display(item: FeedbackItem, card: IssuedCard, ruleset: RuleSet | None) -> FeedbackItem:

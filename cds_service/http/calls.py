@@ -27,7 +27,7 @@ from .metrics import count_decision
 
 log = logging.getLogger("cds_service.http")
 
-bp = Blueprint("hooks", __name__)
+bp = Blueprint("hooks", __name__)  # endpoint hooks.invoke (metrics, access log)
 
 
 @bp.post("/cds-services/<service_id>")
