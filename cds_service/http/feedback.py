@@ -52,7 +52,8 @@ def feedback(service_id: str) -> Response:
                                       field=f"feedback[{i}].card")
             cards.append(card)
         filled = [with_reason_display(item, card, ruleset) for item, card in zip(items, cards, strict=True)]
-        new = ctx.store.record_feedback_items(service_id, filled)  # all items or none
+        new = ctx.store.record_feedback_items(service_id, filled,  # all items or none
+                                              [(c.rule_id, c.rule_version) for c in cards])
     except STORE_ERRORS as exc:
         store_outage().failed("feedback", exc, ctx.clock())
         log.warning("feedback not stored: store unavailable", extra={"fields": {

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -186,14 +186,20 @@ class Store:
         with self.engine.begin() as conn:
             return self._record_feedback(conn, service_id, item, rule_id, rule_version)
 
-    def record_feedback_items(self, service_id: str, items: Iterable[FeedbackItem]) -> int:
+    def record_feedback_items(self, service_id: str, items: Iterable[FeedbackItem],
+                              rules: Sequence[tuple[str, str]] | None = None) -> int:
         """Store every item of one feedback call in ONE transaction; returns how many were new.
 
         All or nothing: if any item cannot be stored, none is, so the client's retry of the whole call
         (after our 503) neither loses nor duplicates an item (re-sent items are no-ops, see above).
+        *rules* gives each item's (rule id, version) when the caller knows it (the card may still be in the
+        background writer's queue); otherwise the card issue log supplies it.
         """
+        items = list(items)
+        attributed = list(rules) if rules is not None else [(None, None)] * len(items)
         with self.engine.begin() as conn:
-            return sum(self._record_feedback(conn, service_id, item, None, None) for item in items)
+            return sum(self._record_feedback(conn, service_id, item, rule_id, version)
+                       for item, (rule_id, version) in zip(items, attributed, strict=True))
 
     def _record_feedback(self, conn: Any, service_id: str, item: FeedbackItem, rule_id: str | None,
                          rule_version: str | None) -> bool:
