@@ -25,6 +25,7 @@ from cds_service.http.errors import register_error_handlers
 from cds_service.http.metrics import install_metrics
 from cds_service.rules_state import RulesState
 from cds_service.store import ServiceStore, Store
+from cds_service.store.outage import OUTAGE, StoreOutage
 
 access_log = logging.getLogger("cds_service.access")
 
@@ -54,6 +55,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     app.json.sort_keys = False  # keep card fields in the order the spec lists them
     app.extensions[EXTENSION] = ServiceContext(settings, rules_state, store, clock)
+    app.extensions[OUTAGE] = StoreOutage()  # how the service keeps advising while the store is down
     for blueprint in (discovery.bp, calls.bp, feedback.bp, health.bp, openapi.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)

@@ -166,10 +166,32 @@ def serve_cmd(config_file: Path | None, **options: Any) -> None:
 @click.option("--now", help="Reference time of the cohort (ISO 8601; default 2026-06-01T09:00:00Z).")
 @click.option("--backgrounds", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of Synthea bundles to overlay (e.g. tests/data/synthetic-fhir-r4).")
-def synth_cmd(seed: int, out: Path, now: str | None, backgrounds: Path | None) -> None:
-    """Write a synthetic ketamine cohort: FHIR R4 transaction bundles, draft orders and a manifest."""
+@click.option("--format", "fmt", type=click.Choice(["bundles", "ndjson"]), default="bundles", show_default=True,
+              help="bundles: one transaction Bundle per patient; ndjson: a FHIR Bulk Data export.")
+@click.option("--patients", type=click.IntRange(min=1), help="ndjson: this many patients (copies of the cohort).")
+@click.option("--gzip", "compress", is_flag=True, help="ndjson: write *.ndjson.gz.")
+@click.option("--files-per-type", type=click.IntRange(min=1), default=1, show_default=True,
+              help="ndjson: split each resource type over this many files, as export servers do.")
+def synth_cmd(seed: int, out: Path, now: str | None, backgrounds: Path | None, fmt: str, patients: int | None,
+              compress: bool, files_per_type: int) -> None:
+    """Write a synthetic ketamine cohort: FHIR R4 bundles + manifest, or a Bulk Data export (--format ndjson)."""
     from cds_service.synth import main_synth
 
+    if fmt == "bundles" and (patients or compress or files_per_type != 1):
+        raise click.UsageError("--patients, --gzip and --files-per-type need --format ndjson")
+    if fmt == "ndjson":
+        from cds_service.synth.bulk import write_export
+
+        try:
+            export = write_export(seed, out, now, patients=patients, backgrounds=backgrounds, compress=compress,
+                                  files_per_type=files_per_type)
+        except (ValueError, OSError) as exc:
+            raise click.UsageError(str(exc)) from exc
+        count = sum(item["count"] for item in export["output"] if item["type"] == "Patient")
+        total = sum(item["count"] for item in export["output"])
+        click.echo(f"{count} patients, {total} resources in {len(export['output'])} file(s), seed {seed}: "
+                   f"{out}/manifest.json, expectations in {out}/expected.json")
+        return
     try:
         manifest = main_synth(seed, out, now, backgrounds)
     except (ValueError, OSError) as exc:
@@ -177,6 +199,67 @@ def synth_cmd(seed: int, out: Path, now: str | None, backgrounds: Path | None) -
     with_drafts = sum(1 for p in manifest["patients"] if p["files"]["drafts"])
     click.echo(f"{len(manifest['patients'])} patients ({with_drafts} with draft orders), seed {seed}, "
                f"now {manifest['now']}: {out}/manifest.json")
+
+
+@main.command("simulate")
+@click.argument("export", required=False, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Folder for summary.json, the CSV files and report.html.")
+@click.option("--rules", "rules_dir", type=click.Path(path_type=Path), default=DEFAULT_RULES, show_default=True)
+@click.option("--site", type=click.Path(path_type=Path), help="Site configuration with parameter overrides.")
+@click.option("--compare", "compare_dir", type=click.Path(path_type=Path),
+              help="A second rule folder replayed on the same calls; report.html lists whose cards change.")
+@click.option("--compare-site", type=click.Path(path_type=Path), help="Site file for --compare (default: --site).")
+@click.option("--as-of", "as_of", multiple=True, help="patient-view at this date/time (ISO 8601; repeatable).")
+@click.option("--every", "every_days", type=click.IntRange(min=1),
+              help="patient-view every N days from each patient's first ketamine exposure.")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Local Dask worker processes (1: this process, synchronous). Default: one per core.")
+@click.option("--scheduler", help="Address of a running Dask scheduler (tcp://HOST:PORT) instead of local workers.")
+@click.option("--patients-per-partition", type=click.IntRange(min=1), default=None,
+              help="Patients evaluated per Dask task (bounds a task's memory; default 50).")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+@click.option("--fhir", "fhir_url", help="Read patients from this FHIR server instead of an export (with --patient).")
+@click.option("--fhir-token", envvar="KBLADDER_FHIR_TOKEN", help="Bearer token for --fhir (prefer the variable "
+              "KBLADDER_FHIR_TOKEN: a command line is visible to other users).")
+@click.option("--patient", "patients", multiple=True, help="With --fhir: a patient id to replay (repeatable).")
+def simulate_cmd(export: Path | None, out: Path, rules_dir: Path, site: Path | None, compare_dir: Path | None,
+                 compare_site: Path | None, as_of: tuple[str, ...], every_days: int | None, workers: int | None,
+                 scheduler: str | None, patients_per_partition: int | None, progress: bool, fhir_url: str | None,
+                 fhir_token: str | None, patients: tuple[str, ...]) -> None:
+    """Back-test rules over a FHIR Bulk Data export: replay every ketamine order, write a committee report.
+
+    Exit status 0 when the run completed (bad lines are counted and listed, not fatal), 2 on unusable input.
+    """
+    from cds_service.simulate import command
+
+    if workers is not None and scheduler is not None:
+        click.echo("kbladder simulate: --workers and --scheduler exclude each other", err=True)
+        sys.exit(command.EXIT_UNUSABLE)
+    request = command.Request(
+        export=export, out=out, rules=rules_dir, site=site, compare=compare_dir, compare_site=compare_site,
+        as_of=as_of, every_days=every_days, workers=workers or command.default_workers(), scheduler=scheduler,
+        patients_per_bucket=patients_per_partition or command.PATIENTS_PER_BUCKET, progress=progress,
+        fhir=fhir_url, fhir_token=fhir_token, patients=patients)
+    try:
+        result, data = command.simulate(request)
+    except command.UnusableInput as exc:
+        click.echo(f"kbladder simulate: {exc}", err=True)
+        sys.exit(command.EXIT_UNUSABLE)
+    for problem in result.problems[:20]:
+        click.echo(f"warning: {problem}", err=True)
+    if len(result.problems) > 20:
+        click.echo(f"warning: … {len(result.problems) - 20} more in {out}/problems.csv", err=True)
+    replayed = data["replayed"]
+    click.echo(f"{data['patients_in_export']} patients, {data['patients_exposed']} exposed; replayed "
+               f"{replayed['orders']} orders ({replayed['order_sign_calls']} order-sign calls) and "
+               f"{replayed['patient_view_calls']} patient-view calls; {data['bad_lines']} bad line(s)")
+    for label, info in data["rulesets"].items():
+        fired = ", ".join(f"{r['rule']} {r['patients_any']}" for r in info["rules"] if r["patients_any"]) or "none"
+        click.echo(f"{label} {info['version']}: patients with a card per rule: {fired}")
+    if "compare" in data:
+        click.echo(f"compare: {data['compare']['patients_changed']} patient(s) with different cards")
+    click.echo(f"report: {out}/report.html")
 
 
 @main.command("demo")

@@ -7,8 +7,7 @@ server through ``gather``/``resolve_medications`` and never the clock (``now`` i
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -18,7 +17,8 @@ from cds_service.decision.catalog import templates_for
 from cds_service.decision.decide import Decision, decide
 from cds_service.engine.cards import CardSettings
 from cds_service.engine.model import RuleSet
-from cds_service.fhir.client import FetchLimits
+from cds_service.fhir.client import CallBudget
+from cds_service.fhir.parse import parse_resources
 from cds_service.fhir.prefetch import gather
 from cds_service.fhir.references import MEDICATION_KEY, ORDER_KEY, resolve_medications, resolve_orders
 
@@ -47,7 +47,7 @@ def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: da
     Raises ``PrefetchUnavailable`` (→ 412) when data is missing and there is no FHIR access.
     """
     auth = request.fhir_authorization
-    started = time.monotonic()
+    budget = CallBudget(settings.fetch_limits)  # ONE deadline and byte allowance for all FHIR reads of this call
     gathered = gather(
         templates_for(ruleset, request.hook),
         request.prefetch,
@@ -56,22 +56,28 @@ def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: da
         access_token=auth.access_token if auth else None,
         limits=settings.fetch_limits,
         allow_unauthenticated_fhir=settings.allow_unauthenticated_fhir,
+        budget=budget,
     )
     # Follow-up reads (the orders administrations carry out, then the Medications events and orders name)
-    # share what is left of the call's one FHIR time budget.
+    # take what is left of the call's ONE budget, and read references from checked resources only
+    # (decide() reports the skipped ones).
+    valid, _ = parse_resources(gathered.resources)
     orders = resolve_orders(
-        gathered.resources,
+        valid,
         fhir_server=request.fhir_server,
         access_token=auth.access_token if auth else None,
-        limits=_remaining(settings.fetch_limits, started),
+        limits=settings.fetch_limits,
         allow_unauthenticated_fhir=settings.allow_unauthenticated_fhir,
+        budget=budget,
     )
+    checked_orders, _ = parse_resources(orders.resources)
     medications = resolve_medications(
-        gathered.resources + orders.resources,
+        valid + checked_orders,
         fhir_server=request.fhir_server,
         access_token=auth.access_token if auth else None,
-        limits=_remaining(settings.fetch_limits, started),
+        limits=settings.fetch_limits,
         allow_unauthenticated_fhir=settings.allow_unauthenticated_fhir,
+        budget=budget,
     )
     missing = dict(gathered.missing)
     if orders.missing:
@@ -99,8 +105,3 @@ def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: da
         )
     return HookOutcome(decision, dict(gathered.sources))
 
-
-def _remaining(limits: FetchLimits, started: float) -> FetchLimits:
-    """The limits with the time budget cut to what this hook call has left (never below a token 50 ms)."""
-    left = max(0.05, limits.time_budget_s - (time.monotonic() - started))
-    return replace(limits, time_budget_s=left, request_timeout_s=min(limits.request_timeout_s, left))

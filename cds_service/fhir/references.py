@@ -1,9 +1,10 @@
 """Fetch the Medication resources that medication events only reference (``medicationReference``).
 
-Prefetch templates cannot ``_include`` them (outside the CDS Hooks query subset, P3), yet without the
-Medication a ketamine administration coded only by reference would not match any value set: a silent
-false "not exposed". So after gathering, referenced Medications that are not already at hand are read
-from ``fhirServer`` in one ``_id`` search; when that is impossible the gap is reported, never ignored.
+The prefetch templates ask for them with ``_include=<type>:medication`` (outside the CDS Hooks query
+subset, P3, on purpose: docs/service.md), but a client may ignore it, and without the Medication a
+ketamine administration coded only by reference would not match any value set: a silent false "not
+exposed". So after gathering, referenced Medications that are not already at hand are read from
+``fhirServer`` in one ``_id`` search; when that is impossible the gap is reported, never ignored.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .client import FetchLimits, FhirClient
+from .client import CallBudget, FetchLimits, FhirClient
 
 MEDICATION_KEY = "medication"
 ORDER_KEY = "order"
@@ -53,18 +54,24 @@ def resolve_medications(
     limits: FetchLimits,
     allow_unauthenticated_fhir: bool = False,
     client_factory: Callable[..., FhirClient] = FhirClient,
+    budget: CallBudget | None = None,
 ) -> ResolvedMedications:
-    """The referenced Medications that are missing from *resources*, fetched when possible."""
+    """The referenced Medications that are missing from *resources*, fetched when possible.
+
+    Pass the hook call's *budget*: the read then gets what is left of the call's time and bytes, not a fresh
+    allowance of its own.
+    """
     ids = referenced_medication_ids(resources)
     if not ids:
         return ResolvedMedications()
     if not fhir_server or not (access_token or allow_unauthenticated_fhir):
         return ResolvedMedications(missing=f"{len(ids)} referenced Medication(s) not available (no FHIR access)")
     query = f"Medication?_id={','.join(ids[:_MAX_IDS])}&_count={min(len(ids), _MAX_IDS)}"
-    with client_factory(fhir_server, access_token or None, limits=limits) as client:
+    with client_factory(fhir_server, access_token or None, limits=limits, budget=budget) as client:
         result = client.fetch(MEDICATION_KEY, query)
+    # Not yet checked as FHIR (the caller does that next): read ids defensively.
     found = [r for r in result.resources if r.get("resourceType") == "Medication"]
-    unknown = len(set(ids) - {r.get("id") for r in found})
+    unknown = len(set(ids) - {r.get("id") for r in found if isinstance(r.get("id"), str)})
     if result.error:
         return ResolvedMedications(found, f"referenced Medications: {result.error}")
     if unknown:
@@ -95,6 +102,7 @@ def resolve_orders(
     limits: FetchLimits,
     allow_unauthenticated_fhir: bool = False,
     client_factory: Callable[..., FhirClient] = FhirClient,
+    budget: CallBudget | None = None,
 ) -> ResolvedMedications:
     """The orders (MedicationRequest) that administrations reference and the record lacks, fetched when possible.
 
@@ -107,10 +115,10 @@ def resolve_orders(
     if not fhir_server or not (access_token or allow_unauthenticated_fhir):
         return ResolvedMedications(missing=f"{len(ids)} referenced order(s) not available (no FHIR access)")
     query = f"MedicationRequest?_id={','.join(ids[:_MAX_IDS])}&_count={min(len(ids), _MAX_IDS)}"
-    with client_factory(fhir_server, access_token or None, limits=limits) as client:
+    with client_factory(fhir_server, access_token or None, limits=limits, budget=budget) as client:
         result = client.fetch(ORDER_KEY, query)
     found = [r for r in result.resources if r.get("resourceType") == "MedicationRequest"]
-    unknown = len(set(ids) - {r.get("id") for r in found})
+    unknown = len(set(ids) - {r.get("id") for r in found if isinstance(r.get("id"), str)})  # not yet checked
     if result.error:
         return ResolvedMedications(found, f"referenced orders: {result.error}")
     if unknown:

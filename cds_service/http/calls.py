@@ -13,13 +13,13 @@ from urllib.parse import urlsplit
 
 import orjson
 from flask import Blueprint, Response, g
-from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.cdshooks import SERVICES, parse_hook_request
 from cds_service.config import is_loopback_host
 from cds_service.decision.call import run_hook
 from cds_service.engine.evaluate import FIRED, SUPPRESSED, Evaluation
 from cds_service.fhir.prefetch import PrefetchUnavailable
+from cds_service.store.outage import STORE_ERRORS, store_outage
 
 from .body import read_json
 from .context import service_context
@@ -78,8 +78,8 @@ def invoke(service_id: str) -> Response:
     if ctx.store is not None and decision.cards:
         try:  # the audit log must never withhold advice from a clinician
             ctx.store.record_cards(request.hook_instance, service.id, decision.card_issues(), ctx.clock())
-        except SQLAlchemyError as exc:
-            log.error("could not record cards: %s", type(exc).__name__)
+        except STORE_ERRORS as exc:  # counted and logged, never raised
+            store_outage().card_log_failed(exc, ctx.clock())
     return Response(orjson.dumps(decision.body), mimetype="application/json")  # the JSON floor's encoder
 
 

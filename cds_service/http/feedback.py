@@ -7,6 +7,7 @@ import logging
 from flask import Blueprint, Response, jsonify
 
 from cds_service.cdshooks import SERVICES, parse_feedback
+from cds_service.store.outage import STORE_ERRORS, store_outage
 
 from .body import read_json
 from .context import service_context
@@ -16,6 +17,9 @@ log = logging.getLogger("cds_service.http")
 
 bp = Blueprint("feedback", __name__)
 
+#: Seconds an EHR should wait before resending feedback we could not store (Retry-After).
+RETRY_AFTER_S = 30
+
 
 @bp.post("/cds-services/<service_id>/feedback")
 def feedback(service_id: str) -> Response:
@@ -24,7 +28,20 @@ def feedback(service_id: str) -> Response:
     ctx = service_context()
     items = parse_feedback(read_json(ctx.settings.max_body_bytes))
     if ctx.store is None:
-        return error_response(503, "feedback store not configured")
-    new = sum(ctx.store.record_feedback(service_id, item) for item in items)
+        return _unavailable("feedback store not configured")
+    try:  # all items or none: a retry after our 503 loses nothing and duplicates nothing
+        new = ctx.store.record_feedback_items(service_id, items)
+    except STORE_ERRORS as exc:
+        store_outage().failed("feedback", exc, ctx.clock())
+        log.warning("feedback not stored: store unavailable", extra={"fields": {
+            "service": service_id, "items": len(items), "error": type(exc).__name__}})
+        return _unavailable("feedback could not be stored; retry later")
     log.info("feedback stored", extra={"fields": {"service": service_id, "items": len(items), "new": new}})
     return jsonify({})
+
+
+def _unavailable(message: str) -> Response:
+    """503 with Retry-After: the feedback was not stored and may be sent again unchanged."""
+    response = error_response(503, message)
+    response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response

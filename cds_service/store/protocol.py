@@ -35,6 +35,10 @@ class ServiceStore(Protocol):
         """Store one feedback item; False when the same outcome was already recorded."""
         ...
 
+    def record_feedback_items(self, service_id: str, items: Iterable[FeedbackItem]) -> int:
+        """Store the items of one feedback call in one transaction (all or none); returns how many were new."""
+        ...
+
     def claim_jti(self, issuer: str, jti: str, expires_at: datetime, now: datetime) -> bool:
         """Claim a JWT id once; False when it was already used (a replay)."""
         ...

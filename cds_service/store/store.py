@@ -155,44 +155,57 @@ class Store:
         Clients may resend feedback (F3), so the natural key is (card, outcome, override reason,
         accepted suggestions). Without an explicit rule, the card issue log supplies rule and version.
         """
+        with self.engine.begin() as conn:
+            return self._record_feedback(conn, service_id, item, rule_id, rule_version)
+
+    def record_feedback_items(self, service_id: str, items: Iterable[FeedbackItem]) -> int:
+        """Store every item of one feedback call in ONE transaction; returns how many were new.
+
+        All or nothing: if any item cannot be stored, none is, so the client's retry of the whole call
+        (after our 503) neither loses nor duplicates an item (re-sent items are no-ops, see above).
+        """
+        with self.engine.begin() as conn:
+            return sum(self._record_feedback(conn, service_id, item, None, None) for item in items)
+
+    def _record_feedback(self, conn: Any, service_id: str, item: FeedbackItem, rule_id: str | None,
+                         rule_version: str | None) -> bool:
         reason = item.override_reason.reason if item.override_reason else None
         accepted = ",".join(sorted(set(item.accepted_suggestions)))
-        with self.engine.begin() as conn:
-            if rule_id is None and rule_version is None:
-                issued = conn.execute(
-                    select(CardIssueRow.rule_id, CardIssueRow.rule_version).where(
-                        CardIssueRow.card_uuid == item.card
-                    )
-                ).first()
-                if issued is not None:
-                    rule_id, rule_version = issued
-            stmt = (
-                self._insert(FeedbackRow)
-                .values(
-                    service_id=service_id,
-                    card_uuid=item.card,
-                    outcome=item.outcome,
-                    reason_system=item.reason_system,
-                    reason_code=item.reason_code,
-                    reason_display=reason.display if reason else None,
-                    accepted_suggestions=accepted,
-                    user_comment=item.user_comment,
-                    outcome_timestamp=item.outcome_timestamp,
-                    rule_id=rule_id,
-                    rule_version=rule_version,
+        if rule_id is None and rule_version is None:
+            issued = conn.execute(
+                select(CardIssueRow.rule_id, CardIssueRow.rule_version).where(
+                    CardIssueRow.card_uuid == item.card
                 )
-                .on_conflict_do_nothing(
-                    index_elements=[
-                        FeedbackRow.card_uuid,
-                        FeedbackRow.outcome,
-                        FeedbackRow.reason_system,
-                        FeedbackRow.reason_code,
-                        FeedbackRow.accepted_suggestions,
-                    ]
-                )
-                .returning(FeedbackRow.id)
+            ).first()
+            if issued is not None:
+                rule_id, rule_version = issued
+        stmt = (
+            self._insert(FeedbackRow)
+            .values(
+                service_id=service_id,
+                card_uuid=item.card,
+                outcome=item.outcome,
+                reason_system=item.reason_system,
+                reason_code=item.reason_code,
+                reason_display=reason.display if reason else None,
+                accepted_suggestions=accepted,
+                user_comment=item.user_comment,
+                outcome_timestamp=item.outcome_timestamp,
+                rule_id=rule_id,
+                rule_version=rule_version,
             )
-            return conn.execute(stmt).first() is not None
+            .on_conflict_do_nothing(
+                index_elements=[
+                    FeedbackRow.card_uuid,
+                    FeedbackRow.outcome,
+                    FeedbackRow.reason_system,
+                    FeedbackRow.reason_code,
+                    FeedbackRow.accepted_suggestions,
+                ]
+            )
+            .returning(FeedbackRow.id)
+        )
+        return conn.execute(stmt).first() is not None
 
     def feedback_count(self, *, service_id: str | None = None, card_uuid: str | None = None) -> int:
         """Number of stored feedback rows, optionally for one service or card."""
