@@ -188,14 +188,16 @@ def authorization(token: str, pid: str = "p1", **changes: Any) -> dict[str, Any]
 
 
 def kb02_patient_view(svc: Service, pid: str = "p1") -> dict[str, Any]:
-    """patient-view: ketamine 3 days ago, dipstick blood 1+ yesterday (KB-02 warning)."""
-    return request_body(pid=pid, prefetch=prefetch_for(svc, "patient-view", ketamine_given(pid), dipstick(pid)))
+    """patient-view: ketamine 10 and 3 days ago (repeated exposure), dipstick blood 1+ (KB-02 warning)."""
+    given = [ketamine_given(pid), ketamine_given(pid, days=-3, rid="ma2")]
+    return request_body(pid=pid, prefetch=prefetch_for(svc, "patient-view", *given, dipstick(pid)))
 
 
 def kb02_order(svc: Service, hook: str) -> dict[str, Any]:
     """order-select/-sign: a ketamine draft (plus paracetamol), history with visible blood (KB-02 critical)."""
     drafts = [draft_order("ket", KETAMINE), draft_order("para", PARACETAMOL)]
-    history = prefetch_for(svc, hook, ketamine_given(days=-7), dipstick(), gross_hematuria())
+    history = prefetch_for(svc, hook, ketamine_given(days=-14, rid="ma0"), ketamine_given(days=-7), dipstick(),
+                           gross_hematuria())
     selections = ["MedicationRequest/ket"] if hook == "order-select" else None
     return request_body(hook, drafts=drafts, selections=selections, prefetch=history)
 
@@ -746,7 +748,7 @@ def test_P4_absent_key_is_fetched_with_the_template_query(service: Service, fake
 def test_P4_null_means_no_data_and_is_not_fetched(service: Service, fake_fhir: FakeFhir, secret_token: str) -> None:
     """P4: a `null` prefetch value means "no data" (a read found nothing): not missing, not re-fetched."""
     fake_fhir.add(patient(), gross_hematuria())  # re-fetching Condition would make KB-02 critical
-    data = prefetch_for(service, "patient-view", ketamine_given(), dipstick())
+    data = prefetch_for(service, "patient-view", ketamine_given(), ketamine_given(days=-3, rid="ma2"), dipstick())
     data["patient"] = None
     data["condition"] = None
     response = service.call(request_body(prefetch=data, fhirServer=fake_fhir.base,
@@ -780,7 +782,8 @@ def test_P5_prefetched_bundle_next_link_is_followed_with_the_token(service: Serv
                                                                     secret_token: str) -> None:
     """P5: prefetch Bundles MAY be paginated: follow Bundle.link[next] against fhirServer with the token."""
     fake_fhir.pages[("Observation", "2")] = bundle(dipstick())
-    data = prefetch_for(service, "patient-view", ketamine_given(), dipstick(value="negative", days=-2, rid="o0"))
+    data = prefetch_for(service, "patient-view", ketamine_given(), ketamine_given(days=-3, rid="ma2"),
+                        dipstick(value="negative", days=-2, rid="o0"))
     data["observation"]["link"] = [{"relation": "next", "url": f"{fake_fhir.base}/Observation?patient=p1&page=2"}]
     card = kb02_card(service.call(request_body(prefetch=data, fhirServer=fake_fhir.base,
                                                fhirAuthorization=authorization(secret_token))))
@@ -810,7 +813,7 @@ def sekmet_patient(fhir_server: Any) -> str:
     mrn = f"kbladder-conformance-{uuid.uuid4().hex[:8]}"
     ref = f"urn:uuid:{uuid.uuid4()}"
     entries = []
-    for resource in (ketamine_given(), dipstick()):
+    for resource in (ketamine_given(), ketamine_given(days=-3, rid="ma2"), dipstick()):
         resource = {k: v for k, v in resource.items() if k != "id"}
         resource["subject"] = {"reference": ref}
         entries.append({"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": resource,
@@ -955,7 +958,8 @@ def test_C2_summary_under_140_chars(scenarios: dict[str, Any]) -> None:
         assert isinstance(card["summary"], str) and card["summary"].strip(), where
         assert len(card["summary"]) < 140, where
         assert "\n" not in card["summary"], where
-    assert kb02_in(scenarios["patient-view"])["summary"].startswith("Blood in urine after 1 ketamine session")
+    summary = kb02_in(scenarios["patient-view"])["summary"]
+    assert summary.startswith("Blood in urine after 2 ketamine sessions in 7 days")
 
 
 def test_C3_indicator_is_info_warning_or_critical(scenarios: dict[str, Any]) -> None:

@@ -1,9 +1,10 @@
 """Fetch the Medication resources that medication events only reference (``medicationReference``).
 
-Prefetch templates cannot ``_include`` them (outside the CDS Hooks query subset, P3), yet without the
-Medication a ketamine administration coded only by reference would not match any value set: a silent
-false "not exposed". So after gathering, referenced Medications that are not already at hand are read
-from ``fhirServer`` in one ``_id`` search; when that is impossible the gap is reported, never ignored.
+The prefetch templates ask for them with ``_include=<type>:medication`` (outside the CDS Hooks query
+subset, P3, on purpose: docs/service.md), but a client may ignore it, and without the Medication a
+ketamine administration coded only by reference would not match any value set: a silent false "not
+exposed". So after gathering, referenced Medications that are not already at hand are read from
+``fhirServer`` in one ``_id`` search; when that is impossible the gap is reported, never ignored.
 """
 
 from __future__ import annotations
