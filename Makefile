@@ -3,18 +3,24 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+RUN_STAMP := $(VENV)/.runtime-stamp
 
 .PHONY: install run test lint check-rules test-rules services clean bench schema
 
-$(STAMP): pyproject.toml
+# `make run` needs the runtime dependencies only; pytest, ruff, psycopg & co. come with `make test` (dev extra).
+$(RUN_STAMP): pyproject.toml
 	@./scripts/ensure-venv.sh "$(PYTHON)" "$(VENV)"
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	@touch $@
+
+$(STAMP): $(RUN_STAMP)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@
 
 install: $(STAMP)
 
-run: install
+run: $(RUN_STAMP)
 	$(BIN)/kbladder serve
 
 lint: install

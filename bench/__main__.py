@@ -17,8 +17,8 @@ from tempfile import TemporaryDirectory
 import orjson
 
 from cds_service.cdshooks.hooks import HOOKS
+from cds_service.decision.catalog import templates_for
 from cds_service.demo import hook_request
-from cds_service.http.services import templates_for
 
 from . import http_load, rss
 from .fallback import fallback_request, slow_fhir

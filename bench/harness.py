@@ -15,8 +15,8 @@ import orjson
 from flask import Flask
 
 from cds_service.cdshooks.hooks import HOOKS
+from cds_service.decision.catalog import templates_for
 from cds_service.demo import DemoPatient, hook_request
-from cds_service.http.services import templates_for
 
 from .patients import NOW
 
@@ -25,8 +25,10 @@ RULES = Path(__file__).resolve().parent.parent / "rules"
 
 
 @contextmanager
-def app_for(rules_dir: Path = RULES) -> Iterator[Flask]:
-    """The real app (full rule set, SQLite store in a temp folder), its clock fixed at the cohort's now."""
+def app_for(rules_dir: Path = RULES, **overrides: Any) -> Iterator[Flask]:
+    """The real app (full rule set, SQLite store in a temp folder), its clock fixed at the cohort's now.
+
+    *overrides* are further settings (e.g. ``shadow_rules_dir`` for the governance bench)."""
     from cds_service.app import create_app
     from cds_service.config import Settings
     from cds_service.rules_state import RulesState
@@ -41,7 +43,7 @@ def app_for(rules_dir: Path = RULES) -> Iterator[Flask]:
             raise SystemExit(f"bench: no valid rule set in {rules_dir}: {rules.current.last_error[:3]}")
         # The heavy patient's prefetch is ~8 MB: above the 1 MB default body limit, which a site raises.
         settings = Settings(database_url=url, rules_dir=str(rules_dir), reload_interval_s=0,
-                            max_body_bytes=MAX_BODY_BYTES)
+                            max_body_bytes=MAX_BODY_BYTES, **overrides)
         try:
             # as `kbladder serve` does: one warm-up call, then start-up objects frozen out of the GC
             yield warm_up(create_app(settings, rules_state=rules, store=store, clock=lambda: NOW))

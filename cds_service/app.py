@@ -6,8 +6,7 @@ Tests pass their own ``rules_state`` and ``store``; ``kbladder serve`` (and each
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import atexit
 import logging
 import secrets
 import time
@@ -17,14 +16,17 @@ from datetime import datetime
 from flask import Flask, Response, g, request
 
 from cds_service.config import Settings
-from cds_service.http import discovery, feedback, health, hooks, openapi
+from cds_service.governance.decisionlog import keyed_hash
+from cds_service.governance.service import Governance
+from cds_service.http import calls, discovery, feedback, health, openapi
 from cds_service.http.auth import install_auth
 from cds_service.http.context import EXTENSION, ServiceContext, wall_clock
 from cds_service.http.cors import install_cors
 from cds_service.http.errors import register_error_handlers
 from cds_service.http.metrics import install_metrics
 from cds_service.rules_state import RulesState
-from cds_service.store import Store
+from cds_service.store import ServiceStore, Store
+from cds_service.store.outage import OUTAGE, StoreOutage
 
 access_log = logging.getLogger("cds_service.access")
 
@@ -33,7 +35,7 @@ def create_app(
     settings: Settings | None = None,
     *,
     rules_state: RulesState | None = None,
-    store: Store | None = None,
+    store: ServiceStore | None = None,
     clock: Callable[[], datetime] = wall_clock,
 ) -> Flask:
     """A ready Flask app. Without *rules_state*/*store*, they are built from *settings* (polling on).
@@ -43,7 +45,8 @@ def create_app(
     settings = settings or Settings.load()
     if rules_state is None:
         rules_state = RulesState([settings.rules_dir], site=settings.site_file,
-                                 reload_interval_s=settings.reload_interval_s)
+                                 reload_interval_s=settings.reload_interval_s,
+                                 require_proof=settings.reload_requires_tests)
         rules_state.start_polling()
     if store is None:
         store = Store(settings.database_url)
@@ -53,8 +56,19 @@ def create_app(
     # http/body.py reads limit + 1 bytes to tell "exactly at the limit" from "too large" (413).
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     app.json.sort_keys = False  # keep card fields in the order the spec lists them
-    app.extensions[EXTENSION] = ServiceContext(settings, rules_state, store, clock)
-    for blueprint in (discovery.bp, hooks.bp, feedback.bp, health.bp, openapi.bp):
+    key = log_key(settings)
+    shadow = None
+    if settings.shadow_rules_dir:
+        shadow = RulesState([settings.shadow_rules_dir], site=settings.site_file,
+                            reload_interval_s=settings.reload_interval_s)
+        shadow.start_polling()
+    governance = Governance(settings, store, key, shadow)
+    governance.start_pruning(clock)
+    atexit.register(governance.close)  # gunicorn workers exit through here on SIGTERM: flush the log
+    app.extensions[LOG_KEY] = key
+    app.extensions[EXTENSION] = ServiceContext(settings, rules_state, store, clock, governance)
+    app.extensions[OUTAGE] = StoreOutage()  # how the service keeps advising while the store is down
+    for blueprint in (discovery.bp, calls.bp, feedback.bp, health.bp, openapi.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
     install_metrics(app, rules_state)  # before auth: refused calls are counted too
@@ -67,16 +81,23 @@ def create_app(
 LOG_KEY = "kbladder.log_hash_key"
 
 
+def log_key(settings: Settings) -> bytes:
+    """The key of every keyed hash in logs and the decision log.
+
+    Without a configured key each process draws its own: hashes then correlate one process's calls only,
+    and snoozes do not cross processes. ``kbladder serve`` with several workers draws one in the master.
+    """
+    return (settings.log_hash_key or "").encode("utf-8") or secrets.token_bytes(32)
+
+
 def patient_hash(key: bytes, patient_id: str) -> str:
     """HMAC-SHA256 of the patient id under the service's log key, shortened: stable, not reversible."""
-    return hmac.new(key, patient_id.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+    return keyed_hash(key, patient_id)
 
 
 def _install_access_log(app: Flask, settings: Settings) -> None:
     """One JSON line per request: method, path, status, ms, the rules that fired (never headers, query values
     or bodies)."""
-    # Without a configured key each process draws its own: hashes still correlate one worker's calls.
-    app.extensions[LOG_KEY] = (settings.log_hash_key or "").encode("utf-8") or secrets.token_bytes(32)
 
     @app.before_request
     def _start() -> None:

@@ -175,6 +175,21 @@ class Settings:
     allow_unauthenticated_fhir: bool = False
     require_https_fhir: bool = False
     reload_interval_s: float = 2.0
+    #: A reloaded rule set goes live only when its own rule tests (``<rules>/tests``) pass too.
+    reload_requires_tests: bool = True
+    #: Decision log: one row per rule per hook call (PHI-free), written off the request path.
+    decision_log: bool = True
+    #: Days the decision log, the card issue log and expired snoozes are kept (pruned in the background).
+    retention_days: int = 400
+    #: Records the background writer holds before it starts dropping (and counting) them.
+    log_queue_capacity: int = 10000
+    #: A candidate rule folder evaluated beside the live set on the same calls: logged, never shown.
+    shadow_rules_dir: str | None = None
+    #: Share of one core the shadow evaluation may take (it pauses after each call in proportion), so the
+    #: live answers it runs beside are not slowed beyond it; calls beyond the shadow queue are counted, skipped.
+    shadow_cpu_share: float = 0.2
+    #: The same card shown at order-select is not repeated at order-sign (same patient, user, draft) within this.
+    order_dedupe_window_s: int = 900
     auth: AuthSettings = field(default_factory=AuthSettings)
     #: Serve with auth off on a non-loopback address anyway (never in production; see docs/security.md).
     insecure_no_auth_on_public_interface: bool = False
@@ -188,9 +203,14 @@ class Settings:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError("port: expected 0-65535")
-        for name in ("workers", "max_body_bytes", "max_cards", "max_prefetch_entries"):
+        for name in ("workers", "max_body_bytes", "max_cards", "max_prefetch_entries", "retention_days",
+                     "log_queue_capacity"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: expected a positive integer")
+        if not 0 < self.shadow_cpu_share <= 1:
+            raise ConfigError("shadow_cpu_share: expected a fraction in (0, 1]")
+        if self.order_dedupe_window_s < 0:
+            raise ConfigError("order_dedupe_window_s: expected >= 0 (0 turns it off)")
         if self.reload_interval_s < 0:
             raise ConfigError("reload_interval_s: expected >= 0 (0 disables polling)")
         if not self.cors_origins:

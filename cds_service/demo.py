@@ -184,7 +184,9 @@ def serving(rules_dir: Path, now: datetime, database_dir: Path) -> Iterator[str]
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the table is the demo's output, not access lines
     database_url = f"sqlite:///{database_dir / 'demo.sqlite3'}"
-    settings = Settings(database_url=database_url, rules_dir=str(rules_dir), reload_interval_s=0)
+    # Each hook is judged on its own against the manifest: no order-select -> order-sign de-duplication.
+    settings = Settings(database_url=database_url, rules_dir=str(rules_dir), reload_interval_s=0,
+                        order_dedupe_window_s=0)
     store = Store(database_url)
     rules = RulesState([rules_dir], reload_interval_s=0)
     app = create_app(settings, rules_state=rules, store=store, clock=lambda: now)

@@ -38,10 +38,12 @@ class RulesState:
     """Holds the current :class:`RuleSet` for one process and keeps it fresh."""
 
     def __init__(self, paths: Sequence[Path | str], *, site: Path | str | None = None,
-                 reload_interval_s: float = 2.0) -> None:
+                 reload_interval_s: float = 2.0, require_proof: bool = False) -> None:
         self.paths = [Path(p) for p in paths]
         self.site = Path(site) if site else None
         self.reload_interval_s = reload_interval_s
+        #: A hot reload goes live only when the lock file agrees and the set's own rule tests pass.
+        self.require_proof = require_proof
         self._current = RulesSnapshot(None)
         self._reload_lock = threading.Lock()
         self._stop = threading.Event()
@@ -111,7 +113,16 @@ class RulesState:
                 if ruleset is None and not problems:
                     problems = ["rule set could not be loaded"]
             old = self._current
+            if ruleset is not None and old.ruleset is not None and self.require_proof:
+                problems = self._unproven(ruleset)
+                if problems:
+                    ruleset = None
             if ruleset is not None:
+                if old.ruleset is not None:
+                    try:  # a log line must never keep a good set from going live
+                        _log_prefetch_change(old.ruleset, ruleset)
+                    except Exception:
+                        log.exception("could not compare prefetch templates")
                 self._current = RulesSnapshot(ruleset, now, warnings=tuple(warnings))
                 log.info("rules loaded: %d rule(s), version %s", len(ruleset.rules), ruleset.version)
                 return True
@@ -119,6 +130,21 @@ class RulesState:
             log.error("rule reload failed, keeping %s: %s",
                       old.ruleset.version if old.ruleset else "no rules", "; ".join(problems[:5]))
             return False
+
+    def _unproven(self, ruleset: RuleSet) -> list[str]:
+        """Why a loaded set may not go live: lock-file or project-code errors, failing rule tests."""
+        from cds_service.engine.testing import run_tests
+        from cds_service.governance.lock import governance_problems
+
+        problems = [str(p) for p in governance_problems(ruleset, self.paths) if p.severity == "error"]
+        tests = [p / "tests" for p in self.paths if (p / "tests").is_dir()]
+        if tests and not problems:
+            report = run_tests(tests)
+            if not report.ok:
+                failed = [str(p) for p in report.problems] + [
+                    f"{c.file}:{c.line}: rule test failed: {c.name}" for c in report.cases if not c.passed]
+                problems = failed or ["rule tests failed"]
+        return problems
 
     def reload_if_changed(self) -> bool:
         """Reload when a watched file changed since the last load attempt; True when it tried."""
@@ -161,3 +187,17 @@ class RulesState:
 
         signal.signal(signal.SIGHUP, handler)
         return True
+
+
+def _log_prefetch_change(old: RuleSet, new: RuleSet) -> None:
+    """EHRs cache discovery: a change of the prefetch templates must be visible in the log."""
+    from cds_service.decision.catalog import templates_for
+
+    for hook in sorted({h for rule in (*old.rules, *new.rules) for h in rule.hooks}):
+        before, after = templates_for(old, hook), templates_for(new, hook)
+        if before != after:
+            log.warning("discovery prefetch templates changed on reload: EHRs that cache discovery must refresh",
+                        extra={"fields": {"hook": hook, "added": sorted(set(after) - set(before)),
+                                          "removed": sorted(set(before) - set(after)),
+                                          "changed": sorted(k for k in set(before) & set(after)
+                                                            if before[k] != after[k])}})

@@ -7,8 +7,10 @@ master restart its workers, which load the current files.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -20,6 +22,7 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 
 from cds_service.app import create_app
 from cds_service.config import Settings
+from cds_service.http.context import EXTENSION
 from cds_service.logjson import configure_logging
 from cds_service.metrics import MULTIPROC_ENV, enable_multiprocess, remove_multiprocess_dir, worker_exited
 from cds_service.rules_state import RulesState
@@ -97,7 +100,8 @@ class _RequestHandler(WSGIRequestHandler):
 
 
 def _serve_werkzeug(settings: Settings) -> None:
-    rules = RulesState([settings.rules_dir], site=settings.site_file, reload_interval_s=settings.reload_interval_s)
+    rules = RulesState([settings.rules_dir], site=settings.site_file, reload_interval_s=settings.reload_interval_s,
+                       require_proof=settings.reload_requires_tests)
     if rules.ruleset is None:
         log.error("no valid rule set at start; serving 503 on hooks until the files are fixed")
     try:
@@ -132,12 +136,18 @@ def _serve_werkzeug(settings: Settings) -> None:
     finally:
         server.server_close()
         rules.stop_polling()
+        governance = app.extensions[EXTENSION].governance
+        if governance is not None and not governance.close():  # every accepted log record written
+            log.error("decision log not fully written at shutdown", extra={"fields": governance.counters()})
         store.dispose()
         log.info("stopped")
 
 
 def _serve_gunicorn(settings: Settings) -> None:
     from gunicorn.app.base import BaseApplication
+
+    if not settings.log_hash_key:  # one key for all workers, so their hashes (and snoozes) agree
+        settings = dataclasses.replace(settings, log_hash_key=secrets.token_hex(32))
 
     class KbladderApplication(BaseApplication):  # type: ignore[misc]
         """gunicorn without a config file: options from Settings, one app per worker (after fork)."""

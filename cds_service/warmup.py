@@ -4,7 +4,7 @@ The first call loads what is loaded lazily (fhir.resources models, the UCUM regi
 After it, ``gc.collect(); gc.freeze()`` moves the ≈ 200,000 long-lived start-up objects into the permanent
 generation, so the cyclic collector no longer rescans them during a large request (docs/performance.md:
 heavy order-sign p99 226 → 132 ms in the what-if measurement). The call goes through the pipeline, not
-HTTP: no access-log line, nothing stored.
+HTTP (decision/call.py, the same run_hook the service calls): no access-log line, nothing stored.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from flask import Flask
 
 from cds_service.cdshooks import parse_hook_request
 from cds_service.config import Settings
+from cds_service.decision.call import run_hook
+from cds_service.decision.catalog import templates_for
 from cds_service.http.context import EXTENSION
-from cds_service.http.pipeline import run_hook
-from cds_service.http.services import templates_for
 
 log = logging.getLogger("cds_service.serve")
 

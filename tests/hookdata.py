@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -105,3 +106,25 @@ def draft_order(rid: str, medication: dict[str, Any], pid: str = "p1") -> dict[s
             }
         ],
     }
+
+
+def prefetch(*resources: dict[str, Any], pid: str = "p1", omit: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A full prefetch for our templates, resources sorted into their keys."""
+    keys = {"medicationAdministration": [], "medicationRequest": [], "medicationStatement": [],
+            "observation": [], "condition": [], "allergyIntolerance": [], "diagnosticReport": []}
+    for resource in resources:
+        rtype = resource["resourceType"]
+        keys[rtype[:1].lower() + rtype[1:]].append(resource)
+    data: dict[str, Any] = {"patient": patient(pid)}
+    data.update({key: bundle(*items) for key, items in keys.items()})
+    return {k: v for k, v in data.items() if k not in omit}
+
+
+def request_body(hook: str = "patient-view", *, pid: str = "p1", drafts: list[dict[str, Any]] | None = None,
+                 selections: list[str] | None = None, **extra: Any) -> dict[str, Any]:
+    context: dict[str, Any] = {"userId": "Practitioner/u1", "patientId": pid}
+    if hook != "patient-view":
+        context["draftOrders"] = bundle(*(drafts or []))
+    if hook == "order-select":
+        context["selections"] = selections or []
+    return {"hook": hook, "hookInstance": str(uuid.uuid4()), "context": context, **extra}

@@ -108,7 +108,7 @@ def record(items: Iterable[Mapping[str, Any]], *, drafts: Sequence[Mapping[str, 
     resources = [expander.patient({"gender": "female", "age": 40})]
     resources += [expander.expand(item) for item in items]
     draft_resources = [expander.expand(item, draft=True) for item in drafts]
-    return PatientRecord(resources, drafts=draft_resources, ordinal_codes=rules.ordinal_codes if rules else None)
+    return PatientRecord(resources, drafts=draft_resources, **(rules.record_options() if rules else {}))
 
 
 def run(rules: RuleSet, items: Iterable[Mapping[str, Any]], *, hook: str = "patient-view",

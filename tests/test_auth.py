@@ -30,9 +30,9 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from flask import Flask
+from hookdata import dipstick, ketamine_given, prefetch, request_body, serving
 from outcomes import error_field
 from pytest_httpserver import HTTPServer
-from test_service_http import ketamine_given, prefetch, request_body, serving
 from test_service_run import _start, _stop
 
 from cds_service.app import create_app
@@ -136,6 +136,11 @@ def hook_body(**extra: Any) -> dict[str, Any]:
     return request_body(prefetch=prefetch(ketamine_given()), **extra)
 
 
+def hook_body_with_card() -> dict[str, Any]:
+    """Ketamine and blood on a dipstick: KB-02 gives a card (with suggestions) to give feedback on."""
+    return request_body(prefetch=prefetch(ketamine_given(days=-3), dipstick(days=-1)))
+
+
 def auth_settings(jku: str, db: Path, **auth: Any) -> Settings:
     issuer = Issuer(ISS, jku=(jku,), tenants=("hospital-1",), fhir_servers=auth.pop("fhir_servers", ()),
                     algorithms=auth.pop("algorithms", ("ES384", "RS384")))
@@ -179,11 +184,12 @@ def assert_refused(response: Any, caplog: pytest.LogCaptureFixture, reason: str)
 @pytest.mark.parametrize("alg", ["ES384", "RS384"])
 def test_valid_token_is_accepted_on_discovery_service_and_feedback(env: Env, alg: str) -> None:
     assert env.call(env.token(alg, "/cds-services"), "/cds-services").status_code == 200
-    response = env.call(env.token(alg))
+    response = env.call(env.token(alg), HOOK_PATH, hook_body_with_card())
     assert response.status_code == 200, response.get_data(as_text=True)
-    feedback = {"feedback": [{"card": str(uuid.uuid4()), "outcome": "accepted",
+    card = response.get_json()["cards"][0]  # feedback is taken only for cards this service issued
+    feedback = {"feedback": [{"card": card["uuid"], "outcome": "accepted",
                               "outcomeTimestamp": "2026-11-23T10:00:00Z",
-                              "acceptedSuggestions": [{"id": str(uuid.uuid4())}]}]}
+                              "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}]}]}
     path = f"{HOOK_PATH}/feedback"
     response = env.call(env.token(alg, path), path, feedback)
     assert response.status_code == 200, response.get_data(as_text=True)

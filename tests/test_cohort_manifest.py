@@ -7,6 +7,7 @@ overlaid on the Synthea backgrounds in tests/data, and two evaluation times, kee
 
 from __future__ import annotations
 
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def cards_for(rules: RuleSet, resources: list[dict], drafts: list[dict], hook: s
     assert not problems, problems
     if hook == "order-select":
         drafts = drafts[:1]  # the demo and the manifest select the first draft order
-    record = PatientRecord(valid, drafts=drafts if hook != "patient-view" else [], ordinal_codes=rules.ordinal_codes)
+    record = PatientRecord(valid, drafts=drafts if hook != "patient-view" else [], **rules.record_options())
     return {r.rule.id for r in evaluate(rules, record, hook=hook, now=now).shown()}
 
 
@@ -72,10 +73,17 @@ def test_every_patient_gets_the_cards_its_scenario_expects(rules: RuleSet, seed:
     assert not mismatches, "\n".join(mismatches)
 
 
-def test_the_cohort_exercises_every_rule(rules: RuleSet) -> None:
+def test_the_cohort_names_only_existing_rules_and_reports_rules_without_a_scenario(rules: RuleSet) -> None:
+    """A new rule needs no Python: a rule without a cohort scenario is reported (a warning in the test
+    summary), never a failure; a scenario expecting a rule that no longer exists is a failure."""
     cohort = generate_cohort(1)
     expected = {rule for patient in cohort.patients for hook in HOOKS for rule in patient.expected[hook]}
-    assert expected == {rule.id for rule in rules.rules}
+    ids = {rule.id for rule in rules.rules}
+    assert expected <= ids, f"cohort expects rules that do not exist: {sorted(expected - ids)}"
+    uncovered = sorted(ids - expected)
+    if uncovered:
+        warnings.warn(f"rules without a cohort scenario (covered by their rule tests only): {uncovered}",
+                      stacklevel=1)
 
 
 def test_a_missing_background_folder_is_an_error(tmp_path: Path) -> None:

@@ -262,3 +262,15 @@ def test_nothing_undecided_no_card(project: RuleSet) -> None:
     evaluation = evaluation_with(project, [admin("-10d")], {})
     assert incomplete_checks_card(evaluation, {}) is None
 
+
+
+def test_short_citations() -> None:
+    from cds_service.engine.cards import short_citation
+    from cds_service.engine.model import Reference
+
+    assert short_citation(Reference("R1", "Chan EOT et al. Ketamine-associated uropathy. HKMJ 2022;28:466-74", "H")) \
+        == "Chan 2022"
+    assert short_citation(Reference("R2", "KDIGO 2012 Clinical Practice Guideline for AKI", "H", "https://kdigo.org")) \
+        == "[KDIGO 2012](https://kdigo.org)"
+    label = "SPRAVATO (esketamine) nasal spray US prescribing information, §5.9 Ulcerative or Interstitial Cystitis"
+    assert short_citation(Reference("R3", label, "H")) == "SPRAVATO (esketamine) nasal spray US…"

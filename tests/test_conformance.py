@@ -55,6 +55,8 @@ from cds_service.cdshooks import (
 )
 from cds_service.config import ConfigError, Settings
 from cds_service.fhir.client import FetchLimits
+from cds_service.governance.service import Governance
+from cds_service.http.context import EXTENSION
 from cds_service.logjson import JsonFormatter
 from cds_service.rules_state import RulesState
 from cds_service.store import Store
@@ -82,8 +84,8 @@ UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 class Service:
     """A running service: base URL, its store and database folder, discovery fetched once."""
 
-    def __init__(self, url: str, store: Store, db_dir: Path) -> None:
-        self.url, self.store, self.db_dir = url, store, db_dir
+    def __init__(self, url: str, store: Store, db_dir: Path, governance: Governance | None = None) -> None:
+        self.url, self.store, self.db_dir, self.governance = url, store, db_dir, governance
         self._discovery: dict[str, Any] | None = None
 
     def discovery(self) -> dict[str, Any]:
@@ -105,7 +107,9 @@ class Service:
         return self.post(f"/cds-services/{service_id or SERVICE_FOR_HOOK[body['hook']]}", body)
 
     def issued(self, hook_instance: str) -> int:
-        """Cards the store logged for one hook instance."""
+        """Cards the store logged for one hook instance (after the background writer drained)."""
+        if self.governance is not None:
+            self.governance.flush()
         query = select(func.count()).select_from(CardIssueRow).where(CardIssueRow.hook_instance == hook_instance)
         with self.store.engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
@@ -116,11 +120,14 @@ def running(rules: RulesState, db_dir: Path, **settings: Any) -> Iterator[Servic
     """The app with the repository's rules, a SQLite store in *db_dir* and *settings* overrides."""
     database_url = f"sqlite:///{db_dir / 'kbladder.sqlite3'}"
     store = Store(database_url)
+    # Each check here is one independent call: no order-select -> order-sign de-duplication between them.
+    settings.setdefault("order_dedupe_window_s", 0)
     config = Settings(database_url=database_url, reload_interval_s=0,
                       fetch_limits=FetchLimits(time_budget_s=10, request_timeout_s=5), **settings)
     try:
-        with serving(create_app(config, rules_state=rules, store=store)) as url:
-            yield Service(url, store, db_dir)
+        app = create_app(config, rules_state=rules, store=store)
+        with serving(app) as url:
+            yield Service(url, store, db_dir, app.extensions[EXTENSION].governance)
     finally:
         store.dispose()
 
@@ -181,14 +188,16 @@ def authorization(token: str, pid: str = "p1", **changes: Any) -> dict[str, Any]
 
 
 def kb02_patient_view(svc: Service, pid: str = "p1") -> dict[str, Any]:
-    """patient-view: ketamine 3 days ago, dipstick blood 1+ yesterday (KB-02 warning)."""
-    return request_body(pid=pid, prefetch=prefetch_for(svc, "patient-view", ketamine_given(pid), dipstick(pid)))
+    """patient-view: ketamine 10 and 3 days ago (repeated exposure), dipstick blood 1+ (KB-02 warning)."""
+    given = [ketamine_given(pid), ketamine_given(pid, days=-3, rid="ma2")]
+    return request_body(pid=pid, prefetch=prefetch_for(svc, "patient-view", *given, dipstick(pid)))
 
 
 def kb02_order(svc: Service, hook: str) -> dict[str, Any]:
     """order-select/-sign: a ketamine draft (plus paracetamol), history with visible blood (KB-02 critical)."""
     drafts = [draft_order("ket", KETAMINE), draft_order("para", PARACETAMOL)]
-    history = prefetch_for(svc, hook, ketamine_given(days=-7), dipstick(), gross_hematuria())
+    history = prefetch_for(svc, hook, ketamine_given(days=-14, rid="ma0"), ketamine_given(days=-7), dipstick(),
+                           gross_hematuria())
     selections = ["MedicationRequest/ket"] if hook == "order-select" else None
     return request_body(hook, drafts=drafts, selections=selections, prefetch=history)
 
@@ -739,7 +748,7 @@ def test_P4_absent_key_is_fetched_with_the_template_query(service: Service, fake
 def test_P4_null_means_no_data_and_is_not_fetched(service: Service, fake_fhir: FakeFhir, secret_token: str) -> None:
     """P4: a `null` prefetch value means "no data" (a read found nothing): not missing, not re-fetched."""
     fake_fhir.add(patient(), gross_hematuria())  # re-fetching Condition would make KB-02 critical
-    data = prefetch_for(service, "patient-view", ketamine_given(), dipstick())
+    data = prefetch_for(service, "patient-view", ketamine_given(), ketamine_given(days=-3, rid="ma2"), dipstick())
     data["patient"] = None
     data["condition"] = None
     response = service.call(request_body(prefetch=data, fhirServer=fake_fhir.base,
@@ -773,7 +782,8 @@ def test_P5_prefetched_bundle_next_link_is_followed_with_the_token(service: Serv
                                                                     secret_token: str) -> None:
     """P5: prefetch Bundles MAY be paginated: follow Bundle.link[next] against fhirServer with the token."""
     fake_fhir.pages[("Observation", "2")] = bundle(dipstick())
-    data = prefetch_for(service, "patient-view", ketamine_given(), dipstick(value="negative", days=-2, rid="o0"))
+    data = prefetch_for(service, "patient-view", ketamine_given(), ketamine_given(days=-3, rid="ma2"),
+                        dipstick(value="negative", days=-2, rid="o0"))
     data["observation"]["link"] = [{"relation": "next", "url": f"{fake_fhir.base}/Observation?patient=p1&page=2"}]
     card = kb02_card(service.call(request_body(prefetch=data, fhirServer=fake_fhir.base,
                                                fhirAuthorization=authorization(secret_token))))
@@ -803,7 +813,7 @@ def sekmet_patient(fhir_server: Any) -> str:
     mrn = f"kbladder-conformance-{uuid.uuid4().hex[:8]}"
     ref = f"urn:uuid:{uuid.uuid4()}"
     entries = []
-    for resource in (ketamine_given(), dipstick()):
+    for resource in (ketamine_given(), ketamine_given(days=-3, rid="ma2"), dipstick()):
         resource = {k: v for k, v in resource.items() if k != "id"}
         resource["subject"] = {"reference": ref}
         entries.append({"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": resource,
@@ -948,7 +958,8 @@ def test_C2_summary_under_140_chars(scenarios: dict[str, Any]) -> None:
         assert isinstance(card["summary"], str) and card["summary"].strip(), where
         assert len(card["summary"]) < 140, where
         assert "\n" not in card["summary"], where
-    assert kb02_in(scenarios["patient-view"])["summary"].startswith("Blood in urine after 1 ketamine session")
+    summary = kb02_in(scenarios["patient-view"])["summary"]
+    assert summary.startswith("Blood in urine after 2 ketamine sessions in 7 days")
 
 
 def test_C3_indicator_is_info_warning_or_critical(scenarios: dict[str, Any]) -> None:
@@ -1155,8 +1166,9 @@ def test_E1_every_error_status_carries_an_operation_outcome(service: Service, ru
 
 @pytest.fixture
 def issued_card(service: Service) -> dict[str, Any]:
-    """A KB-02 card the service has just issued (and logged) on patient-view."""
-    return kb02_card(service.call(kb02_patient_view(service)))
+    """A KB-02 card the service has just issued (and logged) on patient-view, for a patient of its own: an
+    override snoozes the rule for that patient, which must not leak into the next test."""
+    return kb02_card(service.call(kb02_patient_view(service, pid=f"p-{uuid.uuid4().hex[:12]}")))
 
 
 def overridden(card: dict[str, Any], **reason: Any) -> dict[str, Any]:
@@ -1168,11 +1180,17 @@ def overridden(card: dict[str, Any], **reason: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize("service_id", [PV, OSEL, OSIGN])
 def test_F1_each_service_has_a_feedback_endpoint(service: Service, service_id: str) -> None:
-    """F1: a feedback endpoint {baseUrl}/cds-services/{id}/feedback is OPTIONAL (MAY); ours exists per service."""
-    card = {"uuid": str(uuid.uuid4())}
+    """F1: a feedback endpoint {baseUrl}/cds-services/{id}/feedback is OPTIONAL (MAY); ours exists per service.
+    It takes feedback for the cards that service issued, and refuses (404, naming the field) any other uuid."""
+    hook = next(h for h, s in SERVICE_FOR_HOOK.items() if s == service_id)
+    card = kb02_card(service.call(kb02_patient_view(service) if hook == "patient-view" else kb02_order(service, hook)))
     response = service.post(f"/cds-services/{service_id}/feedback", {"feedback": [overridden(card)]})
     assert response.status_code == 200, response.text
     assert service.store.feedback_count(card_uuid=card["uuid"]) == 1
+    other = next(s for s in (PV, OSEL, OSIGN) if s != service_id)
+    for target, item in ((other, overridden(card)), (service_id, overridden({"uuid": str(uuid.uuid4())}))):
+        refused = service.post(f"/cds-services/{target}/feedback", {"feedback": [item]})
+        assert refused.status_code == 404 and error_field(refused.json()) == "feedback[0].card"
     assert service.post("/cds-services/kbladder-nothing/feedback", {"feedback": []}).status_code == 404
 
 
@@ -1241,11 +1259,13 @@ def test_F5_feedback_status_codes(service: Service, issued_card: dict[str, Any])
 ], ids=["code-and-system", "code-only"])
 def test_F6_sandbox_override_reason_without_display_is_accepted(service: Service, issued_card: dict[str, Any],
                                                                 reason: dict[str, Any]) -> None:
-    """F6: the sandbox sends overrideReason.reason with code (+ system) but no display: accept it."""
+    """F6: the sandbox sends overrideReason.reason with code (+ system) but no display: accept it, and take the
+    display from the card's own overrideReasons."""
     response = service.post(f"/cds-services/{PV}/feedback", {"feedback": [overridden(issued_card, reason=reason)]})
     assert response.status_code == 200, response.text
     stored = service.store.feedback_for_card(issued_card["uuid"])
-    assert [(s.reason_code, s.reason_display) for s in stored] == [("alternative-cause", None)]
+    display = next(r["display"] for r in issued_card["overrideReasons"] if r["code"] == "alternative-cause")
+    assert [(s.reason_code, s.reason_display) for s in stored] == [("alternative-cause", display)]
 
 
 # -- J: CORS ----------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import requests
 
-from cds_service.fhir.client import FetchLimits, FhirClient, QueryResult
+from cds_service.fhir.client import CallBudget, FetchLimits, FhirClient, QueryResult
 from cds_service.fhir.prefetch import GatheredData, PrefetchUnavailable, gather, render_template
 
 pytestmark = pytest.mark.usefixtures("no_token_in_logs")
@@ -102,7 +102,8 @@ class FakeClient:
         self.made: list[tuple[str, str | None]] = []
         self.calls: list[dict[str, str]] = []
 
-    def factory(self, base_url: str, access_token: str | None, *, limits: FetchLimits) -> FakeClient:
+    def factory(self, base_url: str, access_token: str | None, *, limits: FetchLimits,
+                budget: CallBudget | None = None) -> FakeClient:
         self.made.append((base_url, access_token))
         return self
 
@@ -275,8 +276,9 @@ class SpySession(requests.Session):
 
 
 def spy_factory(spy: SpySession):
-    def make(base_url: str, access_token: str | None, *, limits: FetchLimits) -> FhirClient:
-        return FhirClient(base_url, access_token, limits=limits, session=spy)
+    def make(base_url: str, access_token: str | None, *, limits: FetchLimits,
+             budget: CallBudget | None = None) -> FhirClient:
+        return FhirClient(base_url, access_token, limits=limits, session=spy, budget=budget)
     return make
 
 

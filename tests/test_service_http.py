@@ -19,14 +19,14 @@ import pytest
 import requests
 from hookdata import (
     KETAMINE,
-    bundle,
     dipstick,
     draft_order,
     gross_hematuria,
     ketamine_by_reference,
     ketamine_given,
     ketamine_product,
-    patient,
+    prefetch,
+    request_body,
     serving,
 )
 from outcomes import error_field, error_issue
@@ -34,9 +34,11 @@ from rulekit import rule_version
 
 from cds_service.app import create_app
 from cds_service.cdshooks import discovery_problems, response_problems, template_problems
+from cds_service.cdshooks.hooks import SERVICES
 from cds_service.config import Settings
 from cds_service.fhir.client import FetchLimits
-from cds_service.http.services import SERVICES
+from cds_service.governance.service import Governance
+from cds_service.http.context import EXTENSION
 from cds_service.rules_state import RulesState
 from cds_service.store import Store
 
@@ -52,10 +54,16 @@ PARACETAMOL = {"coding": [{"system": "http://snomed.info/sct", "code": "32223600
 
 
 class Service:
-    """A running service: base URL plus the store behind it."""
+    """A running service: base URL plus the store behind it (read after the background log writer drained)."""
 
-    def __init__(self, url: str, store: Store, rules: RulesState) -> None:
-        self.url, self.store, self.rules = url, store, rules
+    def __init__(self, url: str, store: Store, rules: RulesState, governance: Governance | None = None) -> None:
+        self.url, self._store, self.rules, self.governance = url, store, rules, governance
+
+    @property
+    def store(self) -> Store:
+        if self.governance is not None:
+            self.governance.flush()
+        return self._store
 
     def post(self, path: str, body: Any, **kwargs: Any) -> requests.Response:
         return requests.post(self.url + path, json=body, timeout=30, **kwargs)
@@ -72,24 +80,13 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     rules = RulesState([RULES], reload_interval_s=0)
     settings = Settings(database_url=f"sqlite:///{db}", max_body_bytes=MAX_BODY, reload_interval_s=0,
                         fetch_limits=FetchLimits(time_budget_s=10, request_timeout_s=10))  # a busy CI machine
-    with serving(create_app(settings, rules_state=rules, store=store)) as url:
-        yield Service(url, store, rules)
+    app = create_app(settings, rules_state=rules, store=store)
+    with serving(app) as url:
+        yield Service(url, store, rules, app.extensions[EXTENSION].governance)
     store.dispose()
 
 
 # -- FHIR test data ---------------------------------------------------------------------------------------
-
-
-def prefetch(*resources: dict[str, Any], pid: str = "p1", omit: tuple[str, ...] = ()) -> dict[str, Any]:
-    """A full prefetch for our templates, resources sorted into their keys."""
-    keys = {"medicationAdministration": [], "medicationRequest": [], "medicationStatement": [],
-            "observation": [], "condition": [], "allergyIntolerance": []}
-    for resource in resources:
-        rtype = resource["resourceType"]
-        keys[rtype[:1].lower() + rtype[1:]].append(resource)
-    data: dict[str, Any] = {"patient": patient(pid)}
-    data.update({key: bundle(*items) for key, items in keys.items()})
-    return {k: v for k, v in data.items() if k not in omit}
 
 
 def repeated(pid: str = "p1", days: float = -10) -> list[dict[str, Any]]:
@@ -103,16 +100,6 @@ def repeated_by_reference(pid: str = "p1", medication_id: str = "ket-50") -> lis
     second = {**ketamine_by_reference(pid, medication_id), "id": "ma-ref2",
               "effectiveDateTime": ketamine_given(pid, days=-3)["effectiveDateTime"]}
     return [first, second]
-
-
-def request_body(hook: str = "patient-view", *, pid: str = "p1", drafts: list[dict[str, Any]] | None = None,
-                 selections: list[str] | None = None, **extra: Any) -> dict[str, Any]:
-    context: dict[str, Any] = {"userId": "Practitioner/u1", "patientId": pid}
-    if hook != "patient-view":
-        context["draftOrders"] = bundle(*(drafts or []))
-    if hook == "order-select":
-        context["selections"] = selections or []
-    return {"hook": hook, "hookInstance": str(uuid.uuid4()), "context": context, **extra}
 
 
 def only_card(response: requests.Response) -> dict[str, Any]:

@@ -132,7 +132,7 @@ def test_unexpected_error_is_a_bare_json_500_without_details(monkeypatch: pytest
 
     secret = "Jane" + " Doe, born 1970-01-01"
 
-    monkeypatch.setattr("cds_service.http.hooks.run_hook", explode)
+    monkeypatch.setattr("cds_service.http.calls.run_hook", explode)
     client = create_app(Settings(database_url="sqlite:///:memory:"),
                         rules_state=RulesState([RULES], reload_interval_s=0)).test_client()
     body = {"hook": "patient-view", "hookInstance": str(uuid.uuid4()),

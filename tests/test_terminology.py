@@ -42,7 +42,8 @@ UNVERIFIED = {
     ("http://loinc.org", "19501-6"),  # ketamine urine screen: result or cutoff? sources disagree
     ("http://loinc.org", "46419-8"),  # RBC automated count: single source
     ("http://loinc.org", "46702-7"),  # WBC automated count: single source
-    ("http://loinc.org", "24356-8"),  # complete urinalysis panel: candidate only
+    # 24356-8 (complete urinalysis panel) left this list in 1.1: verified V2 for issue 16, source in
+    # rules/valuesets/observation-panels.yaml; it only widens the prefetch filter, no rule matches on it.
     ("http://snomed.info/sct", "373464007"),  # ketamine substance: candidate only
 }
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cds_service.clinical.units import (
@@ -14,6 +16,9 @@ from cds_service.clinical.units import (
     normalize_unit,
     quantity_unit,
 )
+from cds_service.engine.loader import load_ruleset
+
+RULES = Path(__file__).resolve().parent.parent / "rules"
 
 CREATININE_MOLAR_MASS = 113.12  # g/mol
 
@@ -123,4 +128,11 @@ def test_quantity_unit_prefers_the_ucum_code_over_the_display_unit() -> None:
 
 @pytest.mark.parametrize("written", ["mL/min/1.73m2", "mL/min/1.73 m2", "ml/min/1.73m^2", "mL/min/{1.73_m2}"])
 def test_egfr_units_as_labs_write_them(written: str) -> None:
-    assert convert(45, written, "mL/min/{1.73_m2}") == pytest.approx(45)
+    aliases = load_ruleset([RULES]).ruleset.unit_aliases  # type: ignore[union-attr]
+    unit = aliases.resolve(written, "mL/min/{1.73_m2}")
+    assert convert(45, unit, "mL/min/{1.73_m2}") == pytest.approx(45)  # type: ignore[arg-type]
+
+
+def test_egfr_spellings_are_not_guessed_outside_their_kind() -> None:
+    with pytest.raises(UnitError):
+        convert(45, "mL/min/1.73m2", "mL/min/{1.73_m2}")  # only the unit-alias table reads it, per kind

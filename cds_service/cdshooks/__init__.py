@@ -3,7 +3,7 @@
 Pure Python (no Flask) so the same checks serve the HTTP layer, the CLI and the tests.
 """
 
-from .cards import card_problems, discovery_problems, empty_value_problems, response_problems
+from .conformance import card_problems, discovery_problems, empty_value_problems, response_problems
 from .feedback import Coding, FeedbackItem, OverrideReason, parse_feedback
 from .hooks import (
     HOOKS,

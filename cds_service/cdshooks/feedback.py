@@ -66,7 +66,7 @@ class FeedbackItem:
         return self.override_reason.user_comment if self.override_reason else None
 
 
-def parse_instant(value: object, path: str) -> datetime:
+def parse_rfc3339(value: object, path: str) -> datetime:
     """Parse an RFC 3339 instant into an aware UTC datetime, or raise RequestError naming *path*."""
     match = _RFC3339.match(value) if isinstance(value, str) else None
     if match is None:
@@ -135,7 +135,7 @@ def _item(value: object, path: str) -> FeedbackItem:
         raise RequestError(f"{path}.outcome", "expected 'accepted' or 'overridden'")
     if value.get("outcomeTimestamp") is None:
         raise RequestError(f"{path}.outcomeTimestamp", "is required")
-    timestamp = parse_instant(value["outcomeTimestamp"], f"{path}.outcomeTimestamp")
+    timestamp = parse_rfc3339(value["outcomeTimestamp"], f"{path}.outcomeTimestamp")
 
     accepted: tuple[str, ...] = ()
     reason: OverrideReason | None = None

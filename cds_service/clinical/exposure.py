@@ -221,8 +221,16 @@ def session_from_administration(
     weights: Sequence[Weight],
     medication: Mapping[str, Any] | None,
     now: datetime,
+    *,
+    order: tuple[str, Mapping[str, Any]] | None = None,
+    order_medication: Mapping[str, Any] | None = None,
 ) -> Session | None:
-    """A MedicationAdministration that counts (completed / in-progress) as a session."""
+    """A MedicationAdministration that counts (completed / in-progress) as a session.
+
+    An administration that records no dose or rate of its own takes them from the order it carries out
+    (``request`` → MedicationRequest.dosageInstruction.doseAndRate): a rate runs for the administration's
+    own period, mg/kg uses the latest weight, and the dose says "dose from the order".
+    """
     if resource.get("status") not in COUNTED_ADMIN_STATUS:
         return None
     start, end = _period(resource.get("effectivePeriod") or resource.get("effectiveDateTime"))
@@ -232,12 +240,35 @@ def session_from_administration(
         end = now if resource.get("status") == "in-progress" and "effectivePeriod" in resource else start
     dosage = resource.get("dosage") or {}
     hours = (end - start).total_seconds() / 3600 or None
-    dose = dose_in_mg(
-        dosage.get("dose"), dosage.get("rateQuantity") or dosage.get("rateRatio"), hours, start, weights, medication
-    )
+    own_rate = dosage.get("rateQuantity") or dosage.get("rateRatio")
+    if dosage.get("dose") or own_rate:
+        dose = dose_in_mg(dosage.get("dose"), own_rate, hours, start, weights, medication)
+    elif order is not None:
+        dose = dose_from_order(order, hours, start, weights, medication or order_medication)
+    else:
+        dose = Dose(None, "no dose or rate recorded, and no order (request) to take it from")
     if resource.get("status") == "stopped" and dose.missing:
         return None  # a stopped administration counts for what was given; with no dose, nothing is known given
     return Session(ref, "administration", start, end, dose, label, matched_by, _route(dosage))
+
+
+def dose_from_order(
+    order: tuple[str, Mapping[str, Any]],
+    hours: float | None,
+    at: datetime,
+    weights: Sequence[Weight],
+    medication: Mapping[str, Any] | None,
+) -> Dose:
+    """The dose of one administration from its order's first doseAndRate: a dose, or a rate × its hours."""
+    ref, request = order
+    amount = _first(_first(request.get("dosageInstruction")).get("doseAndRate"))
+    rate = amount.get("rateQuantity") or amount.get("rateRatio")
+    if not amount.get("doseQuantity") and not rate:
+        return Dose(None, f"no dose or rate on the administration nor on its order {ref}")
+    found = dose_in_mg(amount.get("doseQuantity"), None if amount.get("doseQuantity") else rate, hours, at, weights,
+                       medication)
+    how = f"dose from the order {ref}: {found.how}"
+    return Dose(found.mg, how, found.quality)
 
 
 def session_from_statement(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -21,7 +22,10 @@ from cds_service.clinical.exposure import (
 )
 from cds_service.clinical.findings import (
     EXCLUDED_STATUS,
+    HISTORY_STATUS,
     Finding,
+    Value,
+    birth_date,
     code_of,
     concept_label,
     event_time,
@@ -30,7 +34,8 @@ from cds_service.clinical.findings import (
     upper_limit,
     value_of,
 )
-from cds_service.clinical.units import UnitError, convert
+from cds_service.clinical.results import derived_results
+from cds_service.clinical.units import NO_ALIASES, UnitAliases, UnitError, convert
 from cds_service.clinical.valueset import Match, ValueSet
 
 MEDICATION_TYPES = ("MedicationAdministration", "MedicationStatement", "MedicationRequest")
@@ -46,14 +51,21 @@ class PatientRecord:
         drafts: Sequence[Mapping[str, Any]] = (),
         ordinal_codes: Mapping[tuple[str, str], float] | None = None,
         unavailable: Mapping[str, str] | None = None,
+        unit_aliases: UnitAliases = NO_ALIASES,
     ) -> None:
         """``unavailable`` maps resource types whose data could not be (fully) obtained to why (a sentence
         naming the data, e.g. ``observation: HTTP 500``).
 
         The record cannot otherwise tell "no Observations" from "the Observation search failed";
         rules that read such types and do not fire are reported undecided, never a silent no.
+
+        Results inside other resources (panel components, report conclusions) are indexed as results of
+        their own (:mod:`cds_service.clinical.results`); ``unit_aliases`` reads lab unit strings per kind.
         """
         self.by_type: dict[str, list[tuple[str, Mapping[str, Any]]]] = defaultdict(list)
+        self._originals: list[Mapping[str, Any]] = []
+        self._requests: dict[str, Mapping[str, Any]] = {}
+        self._unit_aliases = unit_aliases
         self.patient: Mapping[str, Any] | None = None
         self._medications: dict[str, Mapping[str, Any]] = {}
         self._ordinal_codes = ordinal_codes or {}
@@ -69,7 +81,13 @@ class PatientRecord:
                 self.patient = resource
             elif rtype == "Medication":
                 self._medications[ref] = resource
+            elif rtype == "MedicationRequest":
+                self._requests[ref] = resource
             self.by_type[rtype].append((ref, resource))
+            self._originals.append(resource)
+            for derived_ref, derived in derived_results(resource, ref):
+                self.by_type[str(derived["resourceType"])].append((derived_ref, derived))
+        self._birth = birth_date(self.patient)
         self.drafts: list[tuple[str, Mapping[str, Any]]] = [(resource_ref(d, i), d) for i, d in enumerate(drafts)]
 
     @property
@@ -78,13 +96,20 @@ class PatientRecord:
 
     def resources(self) -> list[Mapping[str, Any]]:
         """Every resource, drafts last; the FHIRPath ``%bundle`` view is built from this."""
-        return [r for items in self.by_type.values() for _, r in items] + [d for _, d in self.drafts]
+        return [*self._originals, *(d for _, d in self.drafts)]
 
     # ------------------------------------------------------------ findings
 
-    def findings(self, valueset: ValueSet, types: tuple[str, ...]) -> list[Finding]:
-        """Coded events of ``types`` whose code is in ``valueset``, oldest first; errors excluded."""
-        key = ("findings", valueset.id, types)
+    def findings(
+        self, valueset: ValueSet, types: tuple[str, ...], *, history: bool = False, unit: str | None = None
+    ) -> list[Finding]:
+        """Coded events of ``types`` whose code is in ``valueset``, oldest first; errors excluded.
+
+        Problems that are over (resolved, inactive, remission) are history: left out unless ``history``.
+        ``unit`` is the kind of result asked for (the UCUM unit the rule compares in): a lab's unit string
+        listed for that kind in the unit-alias table is read as that unit.
+        """
+        key = ("findings", valueset.id, types, history, unit)
         if key not in self._cache:
             found: list[Finding] = []
             for rtype in types:
@@ -96,7 +121,7 @@ class PatientRecord:
                     if facts is None:
                         facts = self._facts[id(resource)] = self._facts_of(resource, rtype)
                     status, start, end, value, uln = facts
-                    if status in EXCLUDED_STATUS:
+                    if status in EXCLUDED_STATUS or (status in HISTORY_STATUS and not history):
                         continue
                     found.append(
                         Finding(
@@ -105,19 +130,30 @@ class PatientRecord:
                             time=start,
                             end=end,
                             label=_label(match, resource),
-                            value=value,
+                            value=self._in_kind(value, unit),
                             status=status,
                             resource=resource,
-                            uln=uln,
+                            uln=self._uln_in_kind(uln, unit),
                         )
                     )
             found.sort(key=lambda f: (f.time is None, f.time))
             self._cache[key] = found
         return self._cache[key]
 
+    def _in_kind(self, value: Value | None, unit: str | None) -> Value | None:
+        if value is None or unit is None or value.unit is None:
+            return value
+        resolved = self._unit_aliases.resolve(value.unit, unit)
+        return value if resolved == value.unit else replace(value, unit=resolved)
+
+    def _uln_in_kind(self, uln: tuple[float, str | None] | None, unit: str | None) -> tuple[float, str | None] | None:
+        if uln is None or unit is None:
+            return uln
+        return uln[0], self._unit_aliases.resolve(uln[1], unit)
+
     def _facts_of(self, resource: Mapping[str, Any], rtype: str) -> tuple[Any, ...]:
         """(status, start, end, value, upper limit) of one resource: the same in every value set it is in."""
-        start, end = event_time(resource)
+        start, end = event_time(resource, self._birth)
         value = value_of(resource, self._ordinal_codes) if rtype == "Observation" else None
         return status_of(resource), start, end, value, upper_limit(resource)
 
@@ -174,8 +210,11 @@ class PatientRecord:
             return self._cache[key]
         weights = self.weights(weight_valueset)
         sessions: list[Session] = []
+        carried_out = self._carried_out_orders()
         for rtype in MEDICATION_TYPES:
             for ref, resource in self.by_type.get(rtype, ()):
+                if ref in carried_out:
+                    continue  # an order its administrations carry out: they are the exposure, not a supply
                 session = self._session(resource, ref, valueset, weights, now, planned=False)
                 if session is not None:
                     sessions.append(session)
@@ -188,6 +227,26 @@ class PatientRecord:
         sessions.sort(key=lambda s: (s.start, s.end))
         self._cache[key] = sessions
         return sessions
+
+    def undosed_administrations(
+        self, valuesets: Sequence[ValueSet], weight_valueset: ValueSet | None, now: datetime
+    ) -> list[str]:
+        """One sentence per medication set whose administrations have no usable dose, saying how many and why.
+
+        A session without a dose still counts as a session, but never toward a cumulative dose; the card
+        (or the checks-incomplete card) must say so rather than let a total look complete.
+        """
+        sentences = []
+        for valueset in valuesets:
+            given = [s for s in self.sessions(valueset, weight_valueset, now, planned=False)
+                     if s.kind == "administration"]
+            undosed = [s for s in given if s.dose.missing]
+            if undosed:
+                reasons = sorted({s.dose.how for s in undosed})
+                shown = "; ".join(reasons[:3]) + ("; …" if len(reasons) > 3 else "")
+                sentences.append(f"{len(undosed)} of {len(given)} {valueset.title} administration(s) have no "
+                                 f"usable dose, so dose totals leave them out ({shown})")
+        return sentences
 
     def draft_matches(self, valueset: ValueSet) -> list[tuple[str, Mapping[str, Any], Match]]:
         """Draft orders whose medication is in ``valueset``."""
@@ -215,6 +274,33 @@ class PatientRecord:
                 if match is not None:
                     return match
         return None
+
+    def _carried_out_orders(self) -> set[str]:
+        """References of the orders (MedicationRequest) that administrations in the record carry out."""
+        key = ("carried_out",)
+        if key not in self._cache:
+            refs = set()
+            for _, administration in self.by_type.get("MedicationAdministration", ()):
+                order = self.order_of(administration)
+                if order is not None:
+                    refs.add(order[0])
+            self._cache[key] = refs
+        return self._cache[key]
+
+    def order_of(self, administration: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]] | None:
+        """The MedicationRequest an administration carries out (``request``), when the record has it."""
+        reference = administration.get("request")
+        target = reference.get("reference") if isinstance(reference, Mapping) else None
+        if not isinstance(target, str):
+            return None
+        if target.startswith("#"):
+            for contained in administration.get("contained") or ():
+                if isinstance(contained, Mapping) and contained.get("id") == target[1:]:
+                    return target, contained
+            return None
+        key = "/".join(target.split("/_history")[0].split("/")[-2:])
+        found = self._requests.get(key)
+        return (key, found) if found is not None else None
 
     def medication_of(self, resource: Mapping[str, Any]) -> Mapping[str, Any] | None:
         """The Medication a resource references: contained (``#id``) or in the record."""
@@ -246,7 +332,11 @@ class PatientRecord:
         label = match.text or valueset.title
         rtype = resource.get("resourceType")
         if rtype == "MedicationAdministration":
-            return session_from_administration(resource, ref, label, match.method, weights, medication, now)
+            order = self.order_of(resource)
+            return session_from_administration(
+                resource, ref, label, match.method, weights, medication, now,
+                order=order, order_medication=self.medication_of(order[1]) if order else None,
+            )
         if rtype == "MedicationStatement":
             return session_from_statement(resource, ref, label, match.method, weights, medication, now)
         return session_from_request(resource, ref, label, match.method, weights, medication, now, planned=planned)

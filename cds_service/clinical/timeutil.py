@@ -22,6 +22,18 @@ class TimeError(ValueError):
     """A date, instant or duration that cannot be read."""
 
 
+#: Instants the engine can compute with: windows, course gaps and lookbacks add and subtract durations of
+#: years, so an instant near datetime's limits (0001, 9999) would overflow there. Outside: unreadable.
+EARLIEST = datetime(1000, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def _in_range(value: datetime, text: str) -> datetime:
+    if not EARLIEST <= value < LATEST:
+        raise TimeError(f"date outside {EARLIEST.year}-{LATEST.year - 1}: {text!r}")
+    return value
+
+
 def parse_instant(text: str) -> datetime:
     """Parse a FHIR date/dateTime/instant into an aware UTC datetime."""
     if not isinstance(text, str) or not text:
@@ -30,16 +42,16 @@ def parse_instant(text: str) -> datetime:
     if partial:
         year, month, day = partial.groups()
         try:
-            return datetime(int(year), int(month or 1), int(day or 1), tzinfo=UTC)
-        except ValueError as exc:  # 2026-13-01, 2026-02-30: callers catch TimeError, not ValueError
+            return _in_range(datetime(int(year), int(month or 1), int(day or 1), tzinfo=UTC), text)
+        except (ValueError, OverflowError) as exc:  # 2026-13-01, 2026-02-30: callers catch TimeError
             raise TimeError(f"not a date or time: {text!r}") from exc
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as exc:
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return _in_range(value.astimezone(UTC), text)  # 0001-01-01T00:00+14:00 overflows in astimezone
+    except (ValueError, OverflowError) as exc:
         raise TimeError(f"not a date or time: {text!r}") from exc
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
 
 
 def as_utc(value: datetime | date) -> datetime:

@@ -1,13 +1,19 @@
 """UCUM-aware unit conversion.
 
 Parsing is delegated to `ucumvert` (a UCUM grammar on top of pint); we only add the
-aliases that real EHR data carries (``mcg``, ``hr``) and cache one conversion factor per
-unit pair, so a hot path never parses a unit string twice.
+spellings of general units that real EHR data carries (``mcg``, ``hr``) and cache one conversion
+factor per unit pair, so a hot path never parses a unit string twice.
+
+Unit strings that only mean something for one kind of result ("RBC/HPF" for a red-cell count,
+"mL/min/1.73m2" for an eGFR) are not guessed here: they live in the rule set's unit-alias table
+(``rules/units.yaml``, :class:`UnitAliases`), applied only to results of that kind.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -36,13 +42,6 @@ _ALIASES: dict[str, str] = {
     "lbs": "[lb_av]",
     "units/l": "U/L",
     "iu/l": "[IU]/L",
-    "hpf": "/[HPF]",
-    "/hpf": "/[HPF]",
-    "cfu/ml": "{CFU}/mL",
-    "ml/min/1.73m2": "mL/min/{1.73_m2}",
-    "ml/min/1.73 m2": "mL/min/{1.73_m2}",
-    "ml/min/1.73m^2": "mL/min/{1.73_m2}",
-    "ml/min/{1.73m2}": "mL/min/{1.73_m2}",
 }
 _ALIAS_PART = re.compile(r"(?<![A-Za-z\[])(mcg|µg|μg|hr)(?![A-Za-z\]])")
 
@@ -147,3 +146,61 @@ def quantity_unit(quantity: dict[str, Any]) -> str | None:
         return str(code)
     unit = quantity.get("unit") or code
     return str(unit) if unit else None
+
+
+_SPACE = re.compile(r"\s+")
+
+
+def alias_key(unit: str) -> str:
+    """How an alias is looked up: case and spacing as labs vary them do not matter, nothing else is loosened."""
+    return _SPACE.sub(" ", unit.strip()).lower()
+
+
+@dataclass(frozen=True, slots=True)
+class UnitAliases:
+    """Per kind of result (the UCUM unit a rule compares it in), the unit strings labs write for that unit.
+
+    "RBC/HPF", "cells/HPF" and "per HPF" all mean ``/[HPF]`` when the LOINC code already fixes the
+    property (a count per high-power field); the same strings say nothing for any other kind of result.
+    A string is read only when it is in the table for the kind asked about: never a guess beyond it.
+    """
+
+    kinds: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def resolve(self, unit: str | None, kind: str | None) -> str | None:
+        """``kind`` when ``unit`` is one of its aliases; else ``unit`` unchanged."""
+        if unit is None or kind is None:
+            return unit
+        aliases = self.kinds.get(kind)
+        if aliases and alias_key(unit) in aliases:
+            return kind
+        return unit
+
+    def merged(self, additions: Mapping[str, Iterable[str]]) -> UnitAliases:
+        """This table with more aliases (a site's), kind by kind."""
+        kinds = dict(self.kinds)
+        for kind, aliases in additions.items():
+            kinds[kind] = kinds.get(kind, frozenset()) | {alias_key(a) for a in aliases}
+        return UnitAliases(kinds)
+
+
+NO_ALIASES = UnitAliases()
+
+
+def unit_alias_problems(table: Any) -> list[tuple[tuple[str | int, ...], str]]:
+    """(path, message) for every problem of a unit-alias table ``{kind: [alias, ...]}``."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    if not isinstance(table, Mapping):
+        return [((), "the unit-alias table must map a UCUM unit to a list of the unit strings labs write for it")]
+    for kind, aliases in table.items():
+        if not isinstance(kind, str) or not is_ucum(kind, strict=True):
+            problems.append(((str(kind),), f"kind {kind!r} is not a UCUM unit"))
+            continue
+        if not isinstance(aliases, list) or not all(isinstance(a, str) and a.strip() for a in aliases):
+            problems.append(((kind,), "aliases must be a list of non-empty strings"))
+    return problems
+
+
+def unit_aliases_of(table: Mapping[str, Iterable[str]]) -> UnitAliases:
+    """A checked table (see :func:`unit_alias_problems`) as :class:`UnitAliases`."""
+    return NO_ALIASES.merged(table)

@@ -171,7 +171,9 @@ def evidence_rows(result: RuleResult) -> list[Evidence]:
     """Evidence of the fired tier, each resource once (notes of repeated rows joined)."""
     if result.fired is None:
         return []
-    outcome = next((t.outcome for t in result.tiers if t.indicator == result.fired.indicator), None)
+    # The tier that held, not the first tier of that indicator: a rule may have two tiers of one indicator.
+    outcome = next((t.outcome for t in reversed(result.tiers)
+                    if t.indicator == result.fired.indicator and t.outcome.truth is Truth.TRUE), None)
     return merge_rows(outcome.evidence if outcome else [])
 
 
@@ -337,7 +339,11 @@ def short_citation(reference: Reference) -> str:
     citation = reference.citation.strip()
     first = re.split(r"[\s,.]", citation, maxsplit=1)[0] or reference.id
     year = _YEAR.search(citation)
-    label = f"{first} {year.group(0)}" if year and len(first) > 1 else citation[:40]
+    if year and len(first) > 1:
+        label = f"{first} {year.group(0)}"
+    else:  # a label or guideline without author and year: its title, cut at a word
+        title = citation.split(". ")[0]
+        label = title if len(title) <= 40 else title[:40].rsplit(" ", 1)[0] + "…"
     return f"[{label}]({reference.url})" if reference.url else label
 
 

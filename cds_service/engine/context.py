@@ -82,7 +82,7 @@ class RuleContext:
         if found is None:
             data = self.rule.data[key]
             since = self._since(data)
-            everything = self.record.findings(data.valueset, data.resources)
+            everything = self.record.findings(data.valueset, data.resources, history=data.history, unit=data.unit)
             found = self._memo[memo] = [f for f in everything
                                         if since is None or (f.time is not None and f.time >= since)]
         return found

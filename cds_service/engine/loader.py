@@ -23,7 +23,15 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from cds_service.clinical.findings import ordinal_of_text
 from cds_service.clinical.timeutil import TimeError, parse_duration
-from cds_service.clinical.units import UnitError, convert, is_ucum, normalize_unit
+from cds_service.clinical.units import (
+    NO_ALIASES,
+    UnitAliases,
+    UnitError,
+    convert,
+    is_ucum,
+    normalize_unit,
+    unit_alias_problems,
+)
 from cds_service.clinical.valueset import (
     CODE_FORMATS,
     KNOWN_SYSTEMS,
@@ -47,7 +55,7 @@ from cds_service.engine.model import (
     DataRequirement,
     Link,
     Ordinal,
-    OverrideReason,
+    OverrideOption,
     Parameter,
     Quantity,
     Reference,
@@ -519,6 +527,7 @@ class RuleCompiler:
                     unit,
                     raw.get("molar_mass"),
                     raw.get("body_weight"),
+                    bool(raw.get("history", False)),
                 )
         for key, data in self.data_reqs.items():
             if data.body_weight and (
@@ -601,10 +610,17 @@ class RuleCompiler:
         keys = [s.key for s in suggestions]
         for key in {k for k in keys if keys.count(k) > 1}:
             self.problem(("card", "suggestions"), f"duplicate suggestion id {key!r}")
+        site_snooze = self.overrides.get("snooze") or {}
         reasons = tuple(
-            OverrideReason(r["code"], r["display"], r.get("system", OVERRIDE_SYSTEM))
+            OverrideOption(r["code"], r["display"], r.get("system", OVERRIDE_SYSTEM),
+                           site_snooze.get(r["code"], r.get("snooze_days")))
             for r in raw.get("override_reasons") or []
         )
+        codes = {r.code for r in reasons}
+        for code in site_snooze:
+            if code not in codes:
+                self._site_problem((*self.site_path, "snooze", code),
+                                   f"{self.doc['id']}: no override reason {code!r} (has: {', '.join(sorted(codes))})")
         links = tuple(
             Link(link["label"], link["url"], link.get("type", "absolute"), link.get("app_context"))
             for link in raw.get("links") or []
@@ -626,7 +642,8 @@ class RuleCompiler:
                     continue
                 actions.append(Action(action["type"], action["description"], draft=draft, patch=action.get("patch")))
         tiers = frozenset(raw.get("tiers") or INDICATORS)
-        return Suggestion(raw["id"], raw["label"], tuple(actions), bool(raw.get("recommended", False)), tiers)
+        return Suggestion(raw["id"], raw["label"], tuple(actions), bool(raw.get("recommended", False)), tiers,
+                          raw.get("result_due_days"))
 
     def _check_usage(self, doc: Mapping[str, Any], tiers: Sequence[Tier]) -> None:
         referenced = set()
@@ -787,6 +804,37 @@ def add_site_codes(
     return result
 
 
+UNIT_TABLE = Path("units") / "aliases.yaml"
+
+
+def load_unit_aliases(
+    roots: Sequence[Path], site: Located | None, problems: list[Problem]
+) -> tuple[UnitAliases, list[bytes]]:
+    """The unit-alias table (``units/aliases.yaml`` beside the rule files) plus a site file's ``units:``."""
+    aliases, chunks = NO_ALIASES, []
+    for folder in dict.fromkeys((p if p.is_dir() else p.parent) for p in roots):
+        path = folder / UNIT_TABLE
+        if not path.is_file():
+            continue
+        try:
+            located = load_file(path)
+        except YamlError as exc:
+            problems.append(exc.problem)
+            continue
+        chunks.append(path.read_bytes())
+        table = (located.data or {}).get("kinds") if isinstance(located.data, Mapping) else None
+        found = unit_alias_problems(table)
+        problems.extend(located.problem(("kinds", *where), message) for where, message in found)
+        if not found:
+            aliases = aliases.merged(table)  # type: ignore[arg-type]
+    if site is not None and isinstance(site.data, Mapping) and site.data.get("units") is not None:
+        found = unit_alias_problems(site.data["units"])
+        problems.extend(site.problem(("units", *where), message) for where, message in found)
+        if not found:
+            aliases = aliases.merged(site.data["units"])
+    return aliases, chunks
+
+
 def load_ruleset(paths: Sequence[Path | str], *, site: Path | str | None = None) -> LoadResult:
     """Load and check rule files (and their value sets); all problems, or a complete RuleSet."""
     roots = [Path(p) for p in paths]
@@ -801,6 +849,8 @@ def load_ruleset(paths: Sequence[Path | str], *, site: Path | str | None = None)
     if site_located is not None:
         chunks.append(Path(site_located.file).read_bytes())
         valuesets = add_site_codes(valuesets, site_codes, site_located, problems)
+    unit_aliases, unit_chunks = load_unit_aliases(roots, site_located, problems)
+    chunks.extend(unit_chunks)
     rules: list[Rule] = []
     seen: dict[str, tuple[str, int]] = {}
     files = rule_files(roots)
@@ -842,7 +892,9 @@ def load_ruleset(paths: Sequence[Path | str], *, site: Path | str | None = None)
     if any(p.severity == "error" for p in problems):
         return LoadResult(None, problems)
     ordinals = {key: c.ordinal for vs in valuesets.values() for key, c in vs.concepts.items() if c.ordinal is not None}
-    ruleset = RuleSet(tuple(rules), valuesets, digest_of(chunks), tuple(str(f) for f in files), ordinals)
+    ruleset = RuleSet(
+        tuple(rules), valuesets, digest_of(chunks), tuple(str(f) for f in files), ordinals, unit_aliases
+    )
     return LoadResult(ruleset, problems)
 
 

@@ -15,6 +15,7 @@ from jinja2 import Template
 
 from cds_service.clinical.findings import ORDINAL_NAMES
 from cds_service.clinical.timeutil import Duration
+from cds_service.clinical.units import NO_ALIASES, UnitAliases
 from cds_service.clinical.valueset import ValueSet
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ class DataRequirement:
     unit: str | None = None
     molar_mass: float | None = None
     body_weight: str | None = None  # data key of body weights, for mg/kg doses
+    history: bool = False  # also resolved, inactive and remission problems (a rule that asks for history)
 
     @property
     def is_medication(self) -> bool:
@@ -133,13 +135,20 @@ class Suggestion:
     actions: tuple[Action, ...]
     recommended: bool = False
     tiers: frozenset[str] = frozenset(INDICATORS)
+    #: Days until the result of this suggestion (e.g. a urinalysis) is due: accepting it holds the card that long.
+    result_due_days: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class OverrideReason:
+class OverrideOption:
+    """An override reason a rule offers on its cards (the wire model of a chosen one: cdshooks.OverrideReason)."""
+
     code: str
     display: str
     system: str
+    #: Days the rule stays quiet for the patient after an override with this reason (None: the default for
+    #: the card's indicator; 0: never snoozed). New evidence or a rising indicator always breaks a snooze.
+    snooze_days: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +174,7 @@ class CardTemplate:
     detail: Template | None
     suggestions: tuple[Suggestion, ...]
     selection: str
-    override_reasons: tuple[OverrideReason, ...]
+    override_reasons: tuple[OverrideOption, ...]
     links: tuple[Link, ...]
 
 
@@ -212,6 +221,11 @@ class RuleSet:
     digest: str
     sources: tuple[str, ...] = ()
     ordinal_codes: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    unit_aliases: UnitAliases = NO_ALIASES  # unit strings labs write, per kind of result (rules/units/)
+
+    def record_options(self) -> dict[str, Any]:
+        """What a PatientRecord needs from the rule set to read results: coded grades and lab unit strings."""
+        return {"ordinal_codes": self.ordinal_codes, "unit_aliases": self.unit_aliases}
 
     @property
     def version(self) -> str:

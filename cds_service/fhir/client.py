@@ -8,6 +8,7 @@ appears in results, log records or `repr()`.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -40,6 +41,27 @@ class FetchLimits:
     max_pages: int = 10  # per query
     max_workers: int = 8  # concurrent queries
     max_resources_per_query: int = 5000
+    max_bytes_per_call: int = 32 * 1024 * 1024  # FHIR response bytes (decompressed) held for one hook call
+
+
+class CallBudget:
+    """One hook call's FHIR budget: ONE deadline and ONE byte allowance for every query, page and Medication
+    read of the call, across clients and threads.
+
+    WHY: a budget per phase (searches, then Medication reads) let a call overrun ``time_budget_s``
+    (2.83 s against 2.0 s), and a byte cap per page let eight concurrent gzip-bomb pages hold 290 MiB.
+    """
+
+    def __init__(self, limits: FetchLimits) -> None:
+        self.deadline = time.monotonic() + limits.time_budget_s
+        self._bytes_left = limits.max_bytes_per_call
+        self._lock = threading.Lock()
+
+    def charge(self, size: int) -> bool:
+        """Take *size* bytes from the allowance; False once it is spent (the caller stops reading)."""
+        with self._lock:
+            self._bytes_left -= size
+            return self._bytes_left >= 0
 
 
 @dataclass
@@ -85,7 +107,7 @@ def outcome_error(outcome: Mapping[str, Any]) -> str | None:
     return f"OperationOutcome: {why[:120]}"
 
 
-def bundle_resources(bundle: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+def searchset_resources(bundle: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
     """The data resources of a Bundle, and the first error-severity outcome entry (if any).
 
     Outcome entries (search.mode == "outcome" or OperationOutcome resources) are never returned as data;
@@ -93,7 +115,10 @@ def bundle_resources(bundle: Mapping[str, Any]) -> tuple[list[dict[str, Any]], s
     """
     resources: list[dict[str, Any]] = []
     error = None
-    for entry in bundle.get("entry") or []:
+    entries = bundle.get("entry")
+    if entries is not None and not isinstance(entries, list):
+        return [], "Bundle.entry is not an array"
+    for entry in entries or []:
         if not isinstance(entry, Mapping) or not isinstance(entry.get("resource"), dict):
             continue
         resource = entry["resource"]
@@ -107,7 +132,8 @@ def bundle_resources(bundle: Mapping[str, Any]) -> tuple[list[dict[str, Any]], s
 
 def next_link(bundle: Mapping[str, Any]) -> str | None:
     """URL of Bundle.link[relation=next], if any."""
-    for link in bundle.get("link") or []:
+    links = bundle.get("link")
+    for link in links if isinstance(links, list) else []:
         if isinstance(link, Mapping) and link.get("relation") == "next" and isinstance(link.get("url"), str):
             return link["url"]
     return None
@@ -127,12 +153,14 @@ class FhirClient:
         *,
         limits: FetchLimits = FetchLimits(),  # frozen, so one shared default is safe
         session: requests.Session | None = None,
+        budget: CallBudget | None = None,
     ) -> None:
         try:
             self.base_url = outbound_url(base_url).rstrip("/")
         except RefusedUrl as refused:
             raise ValueError(f"FHIR base URL must be an absolute http(s) URL ({refused.reason})") from None
         self.limits = limits
+        self._budget = budget  # the hook call's; without one, each fetch_all gets its own
         self._headers = {"Accept": FHIR_JSON}
         if access_token:
             self._headers["Authorization"] = f"Bearer {access_token}"
@@ -167,10 +195,11 @@ class FhirClient:
         """Run the queries of one request concurrently under ONE deadline; never waits past it."""
         if not queries:
             return {}
-        deadline = time.monotonic() + self.limits.time_budget_s
+        budget = self._budget or CallBudget(self.limits)
+        deadline = budget.deadline
         pool = ThreadPoolExecutor(max_workers=max(1, min(self.limits.max_workers, len(queries))))
         try:
-            futures = {key: pool.submit(self._run, key, query, deadline) for key, query in queries.items()}
+            futures = {key: pool.submit(self._run, key, query, budget) for key, query in queries.items()}
             wait(futures.values(), timeout=max(0.0, deadline - time.monotonic()) + _GRACE_S)
         finally:
             # Don't join stragglers: their socket timeouts end them soon; the caller must not wait.
@@ -184,13 +213,13 @@ class FhirClient:
                 results[key] = QueryResult(key, error="time budget exceeded")
         return results
 
-    def _run(self, key: str, query: str, deadline: float) -> QueryResult:
+    def _run(self, key: str, query: str, budget: CallBudget) -> QueryResult:
         """Fetch a query and its next pages; turn every failure into a reason."""
         started = time.monotonic()
         result = QueryResult(key)
         status: int | None = None
         try:
-            for status, body in self._pages(query, deadline, result):
+            for status, body in self._pages(query, budget, result):
                 resources, error = self._page_resources(query, body, first=result.pages == 1)
                 result.resources.extend(resources)
                 limit = self.limits.max_resources_per_query
@@ -213,7 +242,7 @@ class FhirClient:
                       key, status, elapsed_ms, result.pages, len(result.resources))
         return result
 
-    def _pages(self, query: str, deadline: float, result: QueryResult) -> Iterator[tuple[int, Any]]:
+    def _pages(self, query: str, budget: CallBudget, result: QueryResult) -> Iterator[tuple[int, Any]]:
         """Yield (status, JSON body) of the first page and each `next` page, guarding token and loops."""
         if query.lower().startswith(("http://", "https://")):  # e.g. the next link of a prefetched Bundle
             url = self._judged(query, "next link refused")
@@ -222,7 +251,7 @@ class FhirClient:
         seen: set[str] = set()
         while True:
             seen.add(url)
-            status, body = self._get(url, deadline)
+            status, body = self._get(url, budget)
             result.pages += 1
             yield status, body
             is_bundle = isinstance(body, Mapping) and body.get("resourceType") == "Bundle"
@@ -262,12 +291,12 @@ class FhirClient:
         if read:
             return [body], None
         if body["resourceType"] == "Bundle":
-            return bundle_resources(body)
+            return searchset_resources(body)
         return [], "not a FHIR Bundle"
 
-    def _get(self, url: str, deadline: float) -> tuple[int, Any]:
+    def _get(self, url: str, budget: CallBudget) -> tuple[int, Any]:
         """One GET: headers on every call, no redirects, timeout capped by the deadline, JSON decoded."""
-        remaining = deadline - time.monotonic()
+        remaining = budget.deadline - time.monotonic()
         if remaining <= 0:
             raise _Failed("time budget exceeded")
         timeout = min(self.limits.request_timeout_s, remaining)
@@ -280,7 +309,7 @@ class FhirClient:
                     raise _Failed("redirect refused", status)
                 if not 200 <= status < 300:
                     raise _Failed(f"HTTP {status}", status)
-                raw = self._read(resp, deadline)
+                raw = self._read(resp, budget)
         except requests.Timeout:
             raise _Failed(late) from None
         except requests.ConnectionError as exc:
@@ -295,14 +324,17 @@ class FhirClient:
             raise _Failed("invalid JSON", status) from None
 
     @staticmethod
-    def _read(resp: requests.Response, deadline: float) -> bytes:
-        """Read the body in chunks so a slow but steady response still stops at the deadline."""
+    def _read(resp: requests.Response, budget: CallBudget) -> bytes:
+        """Read the (decompressed) body in chunks: a slow but steady response still stops at the deadline,
+        and a large or gzip-bomb one at the call's byte allowance."""
         chunks, size = [], 0
         for chunk in resp.iter_content(chunk_size=65536):
-            chunks.append(chunk)
             size += len(chunk)
             if size > _MAX_PAGE_BYTES:
                 raise _Failed("response too large", resp.status_code)
-            if time.monotonic() > deadline:
+            if not budget.charge(len(chunk)):
+                raise _Failed("FHIR byte budget exceeded", resp.status_code)
+            chunks.append(chunk)
+            if time.monotonic() > budget.deadline:
                 raise _Failed("time budget exceeded", resp.status_code)
         return b"".join(chunks)

@@ -15,6 +15,8 @@ to be safe, any ``null``) is validated every time.
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -24,6 +26,17 @@ from typing import Any
 
 import orjson
 from pydantic import ValidationError
+
+from cds_service.clinical.timeutil import TimeError, parse_instant
+
+#: Larger magnitudes are not clinical quantities; summed they could overflow a float (see _unreadable_value).
+MAX_MAGNITUDE = 1e15
+_RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
+_DATE_LIKE = re.compile(r"^\d{4}(-\d{2}(-\d{2}(T[0-9:.]+(Z|[+-]\d{2}:\d{2})?)?)?)?$")
+#: FHIR date, dateTime and instant elements: effectiveDateTime, birthDate, effectiveInstant, ... and these.
+_TIME_SUFFIXES = ("DateTime", "Date", "Instant")
+_TIME_KEYS = frozenset({"issued", "start", "end", "date", "recorded", "authoredOn", "lastUpdated", "whenHandedOver",
+                        "whenPrepared", "dateAsserted", "occurrenceDateTime", "onsetDateTime", "abatementDateTime"})
 
 #: Validation outcomes kept (≈ 150 bytes each): a heavy patient has ~2,500 resources.
 CACHE_SIZE = 50_000
@@ -96,9 +109,11 @@ def _check(resource: Any) -> ParseProblem | None:
     rid = resource.get("id") if isinstance(resource.get("id"), str) else None
     if not isinstance(rtype, str):
         return ParseProblem("(no resourceType)", rid, "missing resourceType")
+    if not _RESOURCE_TYPE.match(rtype):  # e.g. "\u001b": never a model name, and not safe to echo
+        return ParseProblem("(invalid resourceType)", rid, "invalid resourceType")
     try:
         model = _model(rtype)
-    except KeyError:
+    except (KeyError, ValueError):
         return ParseProblem(rtype, rid, "unknown resource type")
     try:
         model.model_validate(resource)
@@ -109,7 +124,49 @@ def _check(resource: Any) -> ParseProblem | None:
         return ParseProblem(rtype, rid, f"invalid at {where} ({kind}); {exc.error_count()} error(s)")
     except Exception as exc:  # the models can raise plain errors on odd input
         return ParseProblem(rtype, rid, f"invalid ({type(exc).__name__})")
+    where = _unreadable_value(resource, rtype)
+    if where is not None:
+        return ParseProblem(rtype, rid, f"unreadable value at {where}")
     return None
+
+
+def _unreadable_value(value: Any, path: str) -> str | None:
+    """Path of the first value valid FHIR yet unreadable here: a number that is not finite or beyond
+    ±1e15 (sums of doses would overflow), or a date/time outside what the engine can compute with.
+
+    WHY at this edge: one check makes every reader downstream safe, and the resource is then skipped and
+    reported like any malformed one, so the rules that read its type are undecided, never silently clear.
+    """
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return None
+    if isinstance(value, int | float):
+        return None if math.isfinite(value) and abs(value) <= MAX_MAGNITUDE else path
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            here = f"{path}.{key}"
+            if isinstance(item, str):
+                if _is_time_key(str(key)) and _DATE_LIKE.match(item):
+                    try:
+                        parse_instant(item)
+                    except TimeError:
+                        return here
+                continue
+            found = _unreadable_value(item, here)
+            if found:
+                return found
+        return None
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            if isinstance(item, str):
+                continue  # FHIR has no arrays of dates among the fields the engine reads
+            found = _unreadable_value(item, f"{path}[{index}]")
+            if found:
+                return found
+    return None
+
+
+def _is_time_key(key: str) -> bool:
+    return key.endswith(_TIME_SUFFIXES) or key in _TIME_KEYS
 
 
 def parse_resources(resources: Iterable[Any]) -> tuple[list[dict[str, Any]], list[ParseProblem]]:
@@ -129,4 +186,6 @@ def bundle_resources(bundle: Mapping[str, Any]) -> list[Any]:
     """Resources of a Bundle's entries (or the resource itself if it is not a Bundle)."""
     if bundle.get("resourceType") != "Bundle":
         return [bundle]
-    return [e.get("resource") for e in bundle.get("entry") or [] if isinstance(e, Mapping) and e.get("resource")]
+    entries = bundle.get("entry")
+    return [e.get("resource") for e in (entries if isinstance(entries, list) else [])
+            if isinstance(e, Mapping) and e.get("resource")]

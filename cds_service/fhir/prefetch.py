@@ -15,18 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from .client import FetchLimits, FhirClient, QueryResult, bundle_resources, is_read, next_link
+from cds_service.cdshooks.hooks import USER_PREFETCH_TOKENS
+
+from .client import CallBudget, FetchLimits, FhirClient, QueryResult, is_read, next_link, searchset_resources
 
 log = logging.getLogger("cds_service.fhir")
 
 # {{ token }}: plain substitution, not an expression language (2.0 has none; P1, P2).
 _TOKEN = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
-_USER_TOKENS = {
-    "userPractitionerId": "Practitioner",
-    "userPractitionerRoleId": "PractitionerRole",
-    "userPatientId": "Patient",
-    "userRelatedPersonId": "RelatedPerson",
-}
 
 
 class PrefetchUnavailable(Exception):
@@ -57,7 +53,7 @@ def _token_value(token: str, context: Mapping[str, Any], user_id: str | None) ->
         if isinstance(value, str | int | float) and str(value) != "":
             return str(value)
         return None  # absent, or not a root-level primitive (objects, arrays)
-    resource_type = _USER_TOKENS.get(token)
+    resource_type = USER_PREFETCH_TOKENS.get(token)
     if resource_type is None or not user_id:
         return None
     parts = user_id.rstrip("/").split("/")  # "Practitioner/123", also an absolute reference
@@ -98,11 +94,13 @@ def gather(
     limits: FetchLimits,
     allow_unauthenticated_fhir: bool = False,
     client_factory: Callable[..., FhirClient] = FhirClient,
+    budget: CallBudget | None = None,
 ) -> GatheredData:
     """Data for every template key, from prefetch where given, else from the FHIR server.
 
     Raises PrefetchUnavailable when keys are absent from the prefetch and FHIR access is not possible.
-    `client_factory(fhir_server, access_token, limits=limits)` makes the client (e.g. with a shared session).
+    `client_factory(fhir_server, access_token, limits=limits, budget=budget)` makes the client (e.g. with a
+    shared session); *budget* is the hook call's one deadline and byte allowance (``CallBudget``).
     """
     prefetch = prefetch if isinstance(prefetch, Mapping) else {}
     can_fetch = bool(fhir_server) and (bool(access_token) or allow_unauthenticated_fhir)
@@ -132,7 +130,7 @@ def gather(
     if to_fetch and not can_fetch:
         raise PrefetchUnavailable(list(to_fetch))
     if fhir_server and (to_fetch or to_continue):  # both imply can_fetch
-        with client_factory(fhir_server, access_token or None, limits=limits) as client:
+        with client_factory(fhir_server, access_token or None, limits=limits, budget=budget) as client:
             results = client.fetch_all({**to_fetch, **to_continue})
         for key, result in results.items():
             read = is_read(to_fetch.get(key, ""))
@@ -155,9 +153,11 @@ def _read_prefetch_value(value: Any) -> tuple[list[dict[str, Any]], str | None, 
         return [], "prefetch OperationOutcome", None
     if value["resourceType"] != "Bundle":  # a read
         return [value], None, None
-    resources, error = bundle_resources(value)
-    if error:  # the client says this search failed: don't re-query blindly (P4)
+    resources, error = searchset_resources(value)
+    if error and error.startswith("OperationOutcome"):  # the client says this search failed: don't re-query (P4)
         return resources, "prefetch OperationOutcome", None
+    if error:
+        return resources, f"invalid prefetch value ({error})", None
     return resources, None, next_link(value)
 
 

@@ -31,10 +31,10 @@ from typing import Any
 
 import jwt
 from flask import Flask, Response, g, request
-from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.config import AuthSettings, Issuer, Settings
 from cds_service.security.jwks import JwksCache, keys_by_kid
+from cds_service.store.outage import store_outage
 
 from .context import service_context
 from .errors import error_response
@@ -177,11 +177,8 @@ def verify_request(settings: Settings, cache: JwksCache, static_keys: Mapping[st
         raise AuthFailure("jti malformed")
     if ctx.store is None:
         raise AuthFailure("no replay cache configured")  # fail closed
-    try:
-        fresh = ctx.store.claim_jti(issuer.iss, jti, exp + timedelta(seconds=auth.leeway_s), now)
-    except SQLAlchemyError as exc:
-        log.error("replay cache unavailable", extra={"fields": {"error": type(exc).__name__}})
-        raise AuthFailure("replay cache unavailable") from None
+    # A store outage is not a credential problem: the check falls back to this process's cache (store/outage.py).
+    fresh = store_outage().claim_jti(ctx.store, issuer.iss, jti, exp + timedelta(seconds=auth.leeway_s), now)
     if not fresh:
         raise AuthFailure("jti replayed")
     return VerifiedClient(issuer, tenant if isinstance(tenant, str) else None, jti)

@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 from flask import current_app
 
 from cds_service.config import Settings
+from cds_service.governance.service import Governance
 from cds_service.rules_state import RulesState
-from cds_service.store import Store
+from cds_service.store.protocol import ServiceStore
 
 EXTENSION = "kbladder"
 
@@ -24,8 +25,9 @@ def wall_clock() -> datetime:
 class ServiceContext:
     settings: Settings
     rules: RulesState
-    store: Store | None
+    store: ServiceStore | None
     clock: Callable[[], datetime] = field(default=wall_clock)
+    governance: Governance | None = None
 
 
 def service_context() -> ServiceContext:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
+from cds_service.decision.catalog import discovery_document
+
 from .context import service_context
-from .services import discovery_document
 
 bp = Blueprint("discovery", __name__)
 

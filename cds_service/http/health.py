@@ -11,6 +11,8 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
+from cds_service.store.outage import store_outage
+
 from .context import ServiceContext, service_context
 
 bp = Blueprint("health", __name__)
@@ -53,9 +55,12 @@ def healthz() -> Response:
     snapshot = ctx.rules.current
     ruleset = snapshot.ruleset
     store_ok = ctx.store.ping() if ctx.store is not None else None
-    healthy = ruleset is not None and store_ok is not False
+    # A store outage degrades the service (hook calls are still verified and answered, store/outage.py);
+    # only a missing rule set makes it unavailable.
+    healthy = ruleset is not None
+    degraded = bool(snapshot.last_error) or store_ok is False
     body = {
-        "status": "ok" if healthy and not snapshot.last_error else ("degraded" if healthy else "unavailable"),
+        "status": "ok" if healthy and not degraded else ("degraded" if healthy else "unavailable"),
         "rules": {
             "loaded": len(ruleset.rules) if ruleset else 0,
             "version": ruleset.version if ruleset else None,
@@ -63,7 +68,7 @@ def healthz() -> Response:
             "lastError": list(snapshot.last_error) or None,
             "lastErrorAt": snapshot.last_error_at.isoformat() if snapshot.last_error_at else None,
         },
-        "store": {"configured": ctx.store is not None, "reachable": store_ok},
+        "store": {"configured": ctx.store is not None, "reachable": store_ok, **store_outage().status()},
         "auth": {"enabled": ctx.settings.auth.enabled},
     }
     if ctx.settings.pinned_rules_version:

@@ -1,5 +1,6 @@
 """Persistence through SQLAlchemy: feedback, audit and JWT replay cache (SQLite default, PostgreSQL)."""
 
-from .store import CardIssue, Store, StoredFeedback, normalise_database_url
+from .protocol import CardIssue, ServiceStore
+from .store import Store, StoredFeedback, normalise_database_url
 
-__all__ = ["CardIssue", "Store", "StoredFeedback", "normalise_database_url"]
+__all__ = ["CardIssue", "ServiceStore", "Store", "StoredFeedback", "normalise_database_url"]

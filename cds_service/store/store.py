@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -23,12 +24,11 @@ from sqlalchemy.pool import StaticPool
 
 from ..cdshooks.feedback import FeedbackItem
 from .migrate import upgrade
-from .schema import Base, CardIssueRow, FeedbackRow, JtiRow
+from .protocol import CardIssue
+from .schema import Base, CardIssueRow, DecisionRow, FeedbackRow, JtiRow, SnoozeRow
 
-__all__ = ["CardIssue", "Store", "StoredFeedback", "normalise_database_url"]
+__all__ = ["CardIssue", "IssuedCard", "Snooze", "Store", "StoredFeedback", "normalise_database_url"]
 
-#: Card issue log entry: (card uuid, rule id, rule version, indicator).
-CardIssue = tuple[str, str, str, str]
 
 _PURGE_EVERY = 64
 
@@ -48,6 +48,33 @@ class StoredFeedback:
     rule_id: str | None
     rule_version: str | None
     user_comment: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCard:
+    """A card we sent, as feedback needs it: who made it, for which endpoint, about whom (hashed)."""
+
+    card_uuid: str
+    service_id: str
+    rule_id: str
+    rule_version: str
+    indicator: str
+    issued_at: datetime
+    patient_hash: str | None = None
+    evidence: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Snooze:
+    """A rule held back for one patient (see schema.SnoozeRow)."""
+
+    rule_id: str
+    kind: str
+    reason_code: str
+    indicator: str
+    evidence: frozenset[str]
+    until: datetime
+    card_uuid: str
 
 
 def normalise_database_url(database_url: str) -> URL:
@@ -156,44 +183,63 @@ class Store:
         Clients may resend feedback (F3), so the natural key is (card, outcome, override reason,
         accepted suggestions). Without an explicit rule, the card issue log supplies rule and version.
         """
+        with self.engine.begin() as conn:
+            return self._record_feedback(conn, service_id, item, rule_id, rule_version)
+
+    def record_feedback_items(self, service_id: str, items: Iterable[FeedbackItem],
+                              rules: Sequence[tuple[str, str]] | None = None) -> int:
+        """Store every item of one feedback call in ONE transaction; returns how many were new.
+
+        All or nothing: if any item cannot be stored, none is, so the client's retry of the whole call
+        (after our 503) neither loses nor duplicates an item (re-sent items are no-ops, see above).
+        *rules* gives each item's (rule id, version) when the caller knows it (the card may still be in the
+        background writer's queue); otherwise the card issue log supplies it.
+        """
+        items = list(items)
+        attributed = list(rules) if rules is not None else [(None, None)] * len(items)
+        with self.engine.begin() as conn:
+            return sum(self._record_feedback(conn, service_id, item, rule_id, version)
+                       for item, (rule_id, version) in zip(items, attributed, strict=True))
+
+    def _record_feedback(self, conn: Any, service_id: str, item: FeedbackItem, rule_id: str | None,
+                         rule_version: str | None) -> bool:
         reason = item.override_reason.reason if item.override_reason else None
         accepted = ",".join(sorted(set(item.accepted_suggestions)))
-        with self.engine.begin() as conn:
-            if rule_id is None and rule_version is None:
-                issued = conn.execute(
-                    select(CardIssueRow.rule_id, CardIssueRow.rule_version).where(
-                        CardIssueRow.card_uuid == item.card
-                    )
-                ).first()
-                if issued is not None:
-                    rule_id, rule_version = issued
-            stmt = (
-                self._insert(FeedbackRow)
-                .values(
-                    service_id=service_id,
-                    card_uuid=item.card,
-                    outcome=item.outcome,
-                    reason_system=item.reason_system,
-                    reason_code=item.reason_code,
-                    reason_display=reason.display if reason else None,
-                    accepted_suggestions=accepted,
-                    user_comment=item.user_comment,
-                    outcome_timestamp=item.outcome_timestamp,
-                    rule_id=rule_id,
-                    rule_version=rule_version,
+        if rule_id is None and rule_version is None:
+            issued = conn.execute(
+                select(CardIssueRow.rule_id, CardIssueRow.rule_version).where(
+                    CardIssueRow.card_uuid == item.card
                 )
-                .on_conflict_do_nothing(
-                    index_elements=[
-                        FeedbackRow.card_uuid,
-                        FeedbackRow.outcome,
-                        FeedbackRow.reason_system,
-                        FeedbackRow.reason_code,
-                        FeedbackRow.accepted_suggestions,
-                    ]
-                )
-                .returning(FeedbackRow.id)
+            ).first()
+            if issued is not None:
+                rule_id, rule_version = issued
+        stmt = (
+            self._insert(FeedbackRow)
+            .values(
+                service_id=service_id,
+                card_uuid=item.card,
+                outcome=item.outcome,
+                reason_system=item.reason_system,
+                reason_code=item.reason_code,
+                reason_display=reason.display if reason else None,
+                accepted_suggestions=accepted,
+                user_comment=item.user_comment,
+                outcome_timestamp=item.outcome_timestamp,
+                rule_id=rule_id,
+                rule_version=rule_version,
             )
-            return conn.execute(stmt).first() is not None
+            .on_conflict_do_nothing(
+                index_elements=[
+                    FeedbackRow.card_uuid,
+                    FeedbackRow.outcome,
+                    FeedbackRow.reason_system,
+                    FeedbackRow.reason_code,
+                    FeedbackRow.accepted_suggestions,
+                ]
+            )
+            .returning(FeedbackRow.id)
+        )
+        return conn.execute(stmt).first() is not None
 
     def feedback_count(self, *, service_id: str | None = None, card_uuid: str | None = None) -> int:
         """Number of stored feedback rows, optionally for one service or card."""
@@ -210,22 +256,23 @@ class Store:
         query = select(FeedbackRow).where(FeedbackRow.card_uuid == card_uuid).order_by(FeedbackRow.id)
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
-        return [
-            StoredFeedback(
-                service_id=row.service_id,
-                card_uuid=row.card_uuid,
-                outcome=row.outcome,
-                reason_system=row.reason_system,
-                reason_code=row.reason_code,
-                reason_display=row.reason_display,
-                accepted_suggestions=tuple(filter(None, row.accepted_suggestions.split(","))),
-                outcome_timestamp=row.outcome_timestamp,
-                rule_id=row.rule_id,
-                rule_version=row.rule_version,
-                user_comment=row.user_comment,
-            )
-            for row in rows
-        ]
+        return [self._stored_feedback(row) for row in rows]
+
+    @staticmethod
+    def _stored_feedback(row: Any) -> StoredFeedback:
+        return StoredFeedback(
+            service_id=row.service_id,
+            card_uuid=row.card_uuid,
+            outcome=row.outcome,
+            reason_system=row.reason_system,
+            reason_code=row.reason_code,
+            reason_display=row.reason_display,
+            accepted_suggestions=tuple(filter(None, row.accepted_suggestions.split(","))),
+            outcome_timestamp=row.outcome_timestamp,
+            rule_id=row.rule_id,
+            rule_version=row.rule_version,
+            user_comment=row.user_comment,
+        )
 
     # -- card issue log ----------------------------------------------------------------------------
 
@@ -308,3 +355,149 @@ class Store:
         """Rows currently in the replay cache (tests, metrics)."""
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(JtiRow)).scalar_one())
+
+    # -- decision log (written by the background writer, never on the request path) ----------------
+
+    def write_calls(self, calls: Iterable[Any]) -> int:
+        """Write many hook calls' logs (governance.decisionlog.CallLog) in ONE transaction; returns rows.
+
+        Card issue rows are idempotent on the card uuid; decision rows are appended.
+        """
+        decisions: list[dict[str, Any]] = []
+        issues: list[dict[str, Any]] = []
+        for call in calls:
+            info = call.call
+            decisions.extend(entry.row(info) for entry in call.entries)
+            issues.extend(
+                {"card_uuid": uuid, "hook_instance": info.hook_instance, "service_id": info.service_id,
+                 "rule_id": rule_id, "rule_version": version, "indicator": indicator, "issued_at": info.now}
+                for uuid, rule_id, version, indicator in call.cards
+            )
+        with self.engine.begin() as conn:
+            if issues:
+                conn.execute(self._insert(CardIssueRow).values(issues)
+                             .on_conflict_do_nothing(index_elements=[CardIssueRow.card_uuid]))
+            if decisions:
+                conn.execute(DecisionRow.__table__.insert(), decisions)
+        return len(decisions) + len(issues)
+
+    def issued_card(self, card_uuid: str) -> IssuedCard | None:
+        """The card we issued under *card_uuid* (with its decision-log hashes when logged), or None."""
+        query = (
+            select(CardIssueRow.card_uuid, CardIssueRow.service_id, CardIssueRow.rule_id, CardIssueRow.rule_version,
+                   CardIssueRow.indicator, CardIssueRow.issued_at, DecisionRow.patient_hash, DecisionRow.evidence)
+            .outerjoin(DecisionRow, (DecisionRow.card_uuid == CardIssueRow.card_uuid)
+                       & (DecisionRow.rule_set == "live"))
+            .where(CardIssueRow.card_uuid == card_uuid)
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            found = conn.execute(query).first()
+        if found is None:
+            return None
+        *issued, evidence = found
+        return IssuedCard(*issued, tuple(json.loads(evidence)) if evidence else ())
+
+    def decision_count(self, **where: str) -> int:
+        """Decision-log rows matching column == value filters (tests, metrics)."""
+        query = select(func.count()).select_from(DecisionRow)
+        for column, value in where.items():
+            query = query.where(getattr(DecisionRow, column) == value)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def decisions(self, *, since: datetime | None = None, until: datetime | None = None,
+                  rule_id: str | None = None, batch: int = 2000) -> Iterator[Any]:
+        """Decision-log rows in time order, streamed (the report reads millions without holding them)."""
+        query = select(DecisionRow).order_by(DecisionRow.logged_at, DecisionRow.id)
+        query = self._period(query, DecisionRow.logged_at, since, until)
+        if rule_id is not None:
+            query = query.where(DecisionRow.rule_id == rule_id)
+        with self.engine.connect() as conn:
+            result = conn.execution_options(yield_per=batch).execute(query)
+            yield from result
+
+    def count_decisions(self, *, since: datetime | None = None, until: datetime | None = None,
+                        rule_id: str | None = None) -> int:
+        query = self._period(select(func.count()).select_from(DecisionRow), DecisionRow.logged_at, since, until)
+        if rule_id is not None:
+            query = query.where(DecisionRow.rule_id == rule_id)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def feedback_rows(self, *, since: datetime | None = None, until: datetime | None = None) -> list[StoredFeedback]:
+        """Feedback in a period (by outcome time), oldest first."""
+        query = self._period(select(FeedbackRow).order_by(FeedbackRow.outcome_timestamp, FeedbackRow.id),
+                             FeedbackRow.outcome_timestamp, since, until)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [self._stored_feedback(row) for row in rows]
+
+    @staticmethod
+    def _period(query: Any, column: Any, since: datetime | None, until: datetime | None) -> Any:
+        if since is not None:
+            _require_aware(since=since)
+            query = query.where(column >= since)
+        if until is not None:
+            _require_aware(until=until)
+            query = query.where(column < until)
+        return query
+
+    def shown_recently(self, *, patient_hash: str, user_hash: str | None, hook: str, since: datetime,
+                       rule_ids: Iterable[str]) -> list[tuple[str, str | None, tuple[str, ...]]]:
+        """(rule id, indicator, draft hashes) of live cards shown on *hook* for this patient+user since *since*."""
+        ids = list(rule_ids)
+        if not ids:
+            return []
+        query = select(DecisionRow.rule_id, DecisionRow.indicator, DecisionRow.drafts).where(
+            DecisionRow.patient_hash == patient_hash, DecisionRow.rule_id.in_(ids), DecisionRow.hook == hook,
+            DecisionRow.outcome == "fired", DecisionRow.rule_set == "live", DecisionRow.logged_at >= since,
+            DecisionRow.card_uuid.is_not(None),
+        )
+        query = query.where(DecisionRow.user_hash == user_hash if user_hash else DecisionRow.user_hash.is_(None))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [(r.rule_id, r.indicator, tuple(json.loads(r.drafts)) if r.drafts else ()) for r in rows]
+
+    # -- snoozes -----------------------------------------------------------------------------------
+
+    def add_snooze(self, *, patient_hash: str, rule_id: str, rule_version: str, kind: str, reason_code: str,
+                   indicator: str, evidence: Iterable[str], card_uuid: str, created_at: datetime,
+                   until: datetime) -> bool:
+        """Hold *rule_id* back for this patient until *until*; idempotent per (card, kind)."""
+        _require_aware(created_at=created_at, until=until)
+        stmt = (
+            self._insert(SnoozeRow)
+            .values(patient_hash=patient_hash, rule_id=rule_id, rule_version=rule_version, kind=kind,
+                    reason_code=reason_code, indicator=indicator, evidence=json.dumps(sorted(set(evidence))),
+                    card_uuid=card_uuid, created_at=created_at, until=until)
+            .on_conflict_do_nothing(index_elements=[SnoozeRow.card_uuid, SnoozeRow.kind])
+            .returning(SnoozeRow.id)
+        )
+        with self.engine.begin() as conn:
+            return conn.execute(stmt).first() is not None
+
+    def active_snoozes(self, patient_hash: str, rule_ids: Iterable[str], now: datetime) -> list[Snooze]:
+        """Unexpired snoozes for this patient on these rules."""
+        _require_aware(now=now)
+        ids = list(rule_ids)
+        if not ids:
+            return []
+        query = select(SnoozeRow).where(SnoozeRow.patient_hash == patient_hash, SnoozeRow.rule_id.in_(ids),
+                                        SnoozeRow.until > now)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [Snooze(r.rule_id, r.kind, r.reason_code, r.indicator, frozenset(json.loads(r.evidence or "[]")),
+                       r.until, r.card_uuid) for r in rows]
+
+    # -- retention -----------------------------------------------------------------------------------
+
+    def prune(self, before: datetime, now: datetime) -> dict[str, int]:
+        """Delete decision-log and card-issue rows older than *before* and snoozes expired by *now*."""
+        _require_aware(before=before, now=now)
+        with self.engine.begin() as conn:
+            return {
+                "decisions": max(conn.execute(delete(DecisionRow).where(DecisionRow.logged_at < before)).rowcount, 0),
+                "cards": max(conn.execute(delete(CardIssueRow).where(CardIssueRow.issued_at < before)).rowcount, 0),
+                "snoozes": max(conn.execute(delete(SnoozeRow).where(SnoozeRow.until <= now)).rowcount, 0),
+            }

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cds_service.cdshooks.hooks import HOOKS
+from cds_service.synth import shapes  # noqa: F401  (registers the issue-16 record-shape scenarios last)
 from cds_service.synth.background import Background, load_backgrounds, overlay
 from cds_service.synth.builder import PatientBuilder, iso
 from cds_service.synth.codes import ALL_RULES, PATIENT_VIEW_RULES
@@ -53,12 +54,15 @@ def _utc(now: datetime | str | None) -> datetime:
     return now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
 
 
-def patient_id(index: int, scenario: str) -> str:
-    return f"kb{index:02d}-{scenario}"
+def patient_id(index: int, scenario: str, copy: int = 0) -> str:
+    """``kb07-name``; copies (``--patients N``) get ``c00042-kb07-name`` so ids stay unique across copies."""
+    base = f"kb{index:02d}-{scenario}"
+    return base if copy == 0 else f"c{copy:05d}-{base}"
 
 
 def generate_cohort(
-    seed: int, now: datetime | str | None = None, *, backgrounds: Path | str | None = None
+    seed: int, now: datetime | str | None = None, *, backgrounds: Path | str | None = None, copy: int = 0,
+    loaded_backgrounds: list[Background] | None = None,
 ) -> Cohort:
     """Build every scenario's patient for ``seed`` at ``now`` (default 2026-06-01T09:00:00Z).
 
@@ -67,14 +71,19 @@ def generate_cohort(
     ``backgrounds`` (a folder of Synthea bundles) each patient gets a background record of
     the same gender overlaid (round-robin; none when no background matches); the overlay
     leaves out everything the rules read, so expectations are unchanged.
+
+    ``copy`` > 0 makes another, equally deterministic cohort with its own ids and random draws
+    (``--patients N`` stacks copies 0, 1, 2, …); ``loaded_backgrounds`` saves re-reading the folder per copy.
     """
     now = _utc(now)
-    loaded: list[Background] = load_backgrounds(Path(backgrounds)) if backgrounds else []
+    loaded: list[Background] = (loaded_backgrounds if loaded_backgrounds is not None
+                                else load_backgrounds(Path(backgrounds)) if backgrounds else [])
     cohort = Cohort(seed=seed, now=now)
     used: dict[str, int] = {}
     for index, (name, build) in enumerate(SCENARIOS, start=1):
-        pid = patient_id(index, name)
-        builder = PatientBuilder(pid, now, random.Random(f"kbladder-synth/{seed}/{name}"))
+        pid = patient_id(index, name, copy)
+        stream = f"kbladder-synth/{seed}/{name}" if copy == 0 else f"kbladder-synth/{seed}/{copy}/{name}"
+        builder = PatientBuilder(pid, now, random.Random(stream))
         outcome = build(builder)
         if builder.drafts == [] and outcome.orders:
             raise ValueError(f"{name}: order-hook expectations without a draft order")

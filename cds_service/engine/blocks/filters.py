@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from cds_service.clinical.findings import Finding, ordinal_of_text
+from cds_service.clinical.findings import Finding, bounds_hold, ordinal_of_text
 from cds_service.clinical.timeutil import Duration, duration_seconds, format_duration
 from cds_service.clinical.units import UnitError, convert, convertible
 from cds_service.engine.blocks.base import (
@@ -55,6 +55,12 @@ class ValueTest:
             )
             truths.append(Truth.of(hit))
         for compare in self.comparisons:
+            if value.bounds is not None and not isinstance(compare.threshold, Ordinal):
+                truth, note = self._range(finding, compare)
+                if truth is Truth.UNKNOWN:
+                    return truth, note
+                truths.append(truth)
+                continue
             number, note = self._number(finding, compare)
             if number is None:
                 return Truth.UNKNOWN, note
@@ -87,6 +93,26 @@ class ValueTest:
             return convert(value.quantity, value.unit, target, molar_mass=self.molar_mass), None
         except UnitError:
             return None, f"{finding.ref}: unit {value.unit!r} cannot be converted to {target!r}"
+
+    def _range(self, finding: Finding, compare: Compare) -> tuple[Truth, str | None]:
+        """A result known as a range (``10-20``, ``>100``): decided only when the whole range agrees."""
+        value = finding.value
+        assert value is not None and value.bounds is not None
+        bounds = value.bounds
+        target = compare.threshold.unit if isinstance(compare.threshold, Quantity) else self.unit
+        if target is not None and value.unit is not None and value.unit != target:
+            try:
+                bounds = bounds.scaled(convert(1.0, value.unit, target, molar_mass=self.molar_mass))
+            except UnitError:
+                note = f"{finding.ref}: {finding.label} unit {value.unit!r} cannot be converted to {target!r}"
+                return Truth.UNKNOWN, note
+        verdict = bounds_hold(compare.op, compare._number(), bounds)
+        if verdict is None:
+            return Truth.UNKNOWN, (
+                f"{finding.ref}: {finding.label} {value.display()} is a range that is partly {compare} "
+                "and partly not: undecided"
+            )
+        return Truth.of(verdict), None
 
     def _uln_ratio(self, finding: Finding) -> tuple[float | None, str | None]:
         value = finding.value

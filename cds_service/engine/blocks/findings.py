@@ -209,6 +209,13 @@ LATEST = Block(
 )
 
 
+def _interval_text(interval: tuple[float, float]) -> str:
+    low, high = interval
+    if low == high:
+        return f"{low:g}"
+    return f">{low:g}" if math.isinf(high) else f"{low:g}-{high:g}"
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
     """Change of the latest value from a baseline (absolute, percent or ratio; rise or fall)."""
@@ -229,11 +236,14 @@ class Change:
         if isinstance(span, str):
             return window_missing(ctx, span)
         why = ctx.incomplete(self.data)  # the latest value or the baseline may be among the missing data
-        numeric = [(f, self._number(f)) for f in ctx.findings(self.data)]
+        numeric = [(f, self._interval(f)) for f in ctx.findings(self.data)]
+        unreadable = [f"{f.ref}: {f.label} {f.value.display() if f.value else ''!s} cannot be read as a number"
+                      for f, n in numeric if n is None and f.value is not None and ctx.inside(f.time, span)]
         current = [(f, n) for f, n in numeric if ctx.inside(f.time, span) and n is not None]
         if not current:
-            if why:
-                return Outcome(Truth.UNKNOWN, None, f"no {self.data} value in the data obtained", missing=why)
+            if unreadable or why:
+                return Outcome(Truth.UNKNOWN, None, f"no readable {self.data} value in the data obtained",
+                               missing=[*unreadable, *why])
             return Outcome(Truth.FALSE, None, f"no {self.data} value {ctx.span_text(span)}")
         now_f, now_v = current[-1]
         base_span = ctx.window(self.baseline, current=now_f.time)
@@ -248,6 +258,31 @@ class Change:
                 missing=[f"no baseline {self.data} {ctx.span_text(base_span)}"],
             )
         base_f, base_v = self._choose(base)
+        # A value known only as a range (eGFR ">90") is tested at its bounds: the change holds when it holds
+        # for every value the range allows, fails when it holds for none, and is undecided otherwise.
+        verdicts = [self._checks(b, c) for b in dict.fromkeys(base_v) for c in dict.fromkeys(now_v)]
+        shown = verdicts[0][1]
+        if all(ok for ok, _ in verdicts):
+            truth = Truth.TRUE
+        elif not any(ok for ok, _ in verdicts):
+            truth = Truth.FALSE
+        else:
+            truth = Truth.UNKNOWN
+        detail = f"{_interval_text(base_v)} → {_interval_text(now_v)}: " + ", ".join(shown)
+        evidence = [finding_evidence(base_f, "baseline"), finding_evidence(now_f, "current")] if truth else []
+        missing: list[str] = []
+        if truth is Truth.UNKNOWN:
+            missing.append(f"{base_f.ref} → {now_f.ref}: {self.data} {_interval_text(base_v)} → "
+                           f"{_interval_text(now_v)} is a range; the change is undecided")
+        if truth is not Truth.TRUE and unreadable:
+            truth, missing = Truth.UNKNOWN, missing + unreadable
+        if why:
+            truth, detail = Truth.UNKNOWN, detail + " (the latest value or the baseline may be missing)"
+            missing = [*missing, *why]
+        evidence = evidence if truth else []
+        return Outcome(truth, ", ".join(shown), detail, evidence, missing)
+
+    def _checks(self, base_v: float, now_v: float) -> tuple[bool, list[str]]:
         delta = (now_v - base_v) if self.direction == "rise" else (base_v - now_v)
         checks: list[bool] = []
         shown = []
@@ -255,36 +290,39 @@ class Change:
             checks.append(compare_all(self.absolute, delta))
             shown.append(f"{self.direction} {delta:g}{' ' + self.unit if self.unit else ''}")
         if self.percent:
-            pct = 100 * delta / base_v if base_v else 0.0
+            pct = 100 * delta / base_v if base_v and not math.isinf(base_v) else (100.0 if base_v else 0.0)
             checks.append(compare_all(self.percent, pct))
             shown.append(f"{self.direction} {pct:.0f}%")
         if self.ratio:
-            ratio = (now_v / base_v) if base_v else 0.0
+            ratio = (now_v / base_v) if base_v and not math.isinf(base_v) else 0.0
             checks.append(compare_all(self.ratio, ratio))
             shown.append(f"{ratio:.2f}× baseline")
-        truth = Truth.of(all(checks))
-        detail = f"{base_v:g} → {now_v:g}: " + ", ".join(shown)
-        if why:
-            truth, detail = Truth.UNKNOWN, detail + " (the latest value or the baseline may be missing)"
-        evidence = [finding_evidence(base_f, "baseline"), finding_evidence(now_f, "current")] if truth else []
-        return Outcome(truth, ", ".join(shown), detail, evidence, why)
+        return all(checks), shown
 
-    def _number(self, finding: Finding) -> float | None:
+    def _interval(self, finding: Finding) -> tuple[float, float] | None:
+        """(low, high) of a value in this change's unit: equal for a number; None when not numeric."""
         value = finding.value
-        if value is None or value.quantity is None:
+        if value is None or (value.quantity is None and value.bounds is None):
             return None
-        if self.unit is None or value.unit in (None, self.unit):
-            return value.quantity
-        try:
-            return convert(value.quantity, value.unit, self.unit, molar_mass=self.molar_mass)
-        except UnitError:
-            return None
+        scale = 1.0
+        if self.unit is not None and value.unit not in (None, self.unit):
+            try:
+                scale = convert(1.0, value.unit, self.unit, molar_mass=self.molar_mass)
+            except UnitError:
+                return None
+        if value.quantity is not None:
+            return value.quantity * scale, value.quantity * scale
+        bounds = value.bounds
+        assert bounds is not None
+        low = bounds.low * scale if bounds.low is not None else 0.0  # lab values are not negative
+        high = bounds.high * scale if bounds.high is not None else math.inf
+        return low, high
 
-    def _choose(self, base: list[tuple[Finding, float]]) -> tuple[Finding, float]:
+    def _choose(self, base: list[tuple[Finding, tuple[float, float]]]) -> tuple[Finding, tuple[float, float]]:
         if self.pick == "min":
-            return min(base, key=lambda fn: fn[1])
+            return min(base, key=lambda fn: fn[1][0])
         if self.pick == "max":
-            return max(base, key=lambda fn: fn[1])
+            return max(base, key=lambda fn: fn[1][1])
         return base[0] if self.pick == "first" else base[-1]
 
     def describe(self) -> str:

@@ -147,6 +147,10 @@ DATA = {
             "description": "g/mol, to compare mass and substance concentrations",
         },
         "body_weight": {"type": "string", "description": "data key of body weights, for mg/kg doses"},
+        "history": {
+            "type": "boolean",
+            "description": "also read resolved, inactive and remission problems (default false: only current ones)",
+        },
     },
 }
 
@@ -204,6 +208,9 @@ CARD = {
                     "recommended": {"type": "boolean"},
                     "tiers": {"type": "array", "items": INDICATOR, "minItems": 1},
                     "actions": {"type": "array", "minItems": 1, "items": SUGGESTION_ACTION},
+                    "result_due_days": {"type": "integer", "minimum": 0, "maximum": 365,
+                                        "description": "days until this suggestion's result is due; accepting it "
+                                                       "holds the card until then (default 7)"},
                 },
             },
         },
@@ -217,6 +224,10 @@ CARD = {
                     "code": {"type": "string", "pattern": "^[a-z][a-z0-9-]*$"},
                     "display": {"type": "string", "minLength": 1},
                     "system": {"type": "string", "format": "uri"},
+                    "snooze_days": {"type": "integer", "minimum": 0, "maximum": 3650,
+                                    "description": "days the rule stays quiet for the patient after an override "
+                                                   "with this reason (default 30 info/warning, 7 critical; 0 never); "
+                                                   "new evidence or a rising indicator breaks it"},
                 },
             },
         },

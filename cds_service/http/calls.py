@@ -13,10 +13,10 @@ from urllib.parse import urlsplit
 
 import orjson
 from flask import Blueprint, Response, g
-from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.cdshooks import SERVICES, parse_hook_request
 from cds_service.config import is_loopback_host
+from cds_service.decision.call import run_hook
 from cds_service.engine.evaluate import FIRED, SUPPRESSED, Evaluation
 from cds_service.fhir.prefetch import PrefetchUnavailable
 
@@ -24,11 +24,10 @@ from .body import read_json
 from .context import service_context
 from .errors import error_response
 from .metrics import count_decision
-from .pipeline import card_issues, run_hook
 
 log = logging.getLogger("cds_service.http")
 
-bp = Blueprint("hooks", __name__)
+bp = Blueprint("hooks", __name__)  # endpoint hooks.invoke (metrics, access log)
 
 
 @bp.post("/cds-services/<service_id>")
@@ -58,28 +57,32 @@ def invoke(service_id: str) -> Response:
         return error_response(503, "no valid rule set is loaded")
 
     started = time.monotonic()
+    now = ctx.clock()
+    governance = ctx.governance
+    call = governance.call_info(request, service.id, g.get("client"), now) if governance is not None else None
+    hold = (lambda evaluation: governance.hold_back(call, evaluation)) if call is not None else None
     try:
-        outcome = run_hook(request, ruleset, ctx.settings, ctx.clock())
+        outcome = run_hook(request, ruleset, ctx.settings, now, hold_back=hold)
     except PrefetchUnavailable as exc:
         count_decision([], None, {key: "no FHIR server access" for key in exc.keys})
         # One expression per prefetch key we needed and could neither find nor fetch (P7).
         return error_response(412, "prefetch missing and no FHIR server access",
                               expression=[f"prefetch.{key}" for key in exc.keys] or ["prefetch"])
-    g.cards = len(outcome.cards)
-    g.rules_fired = fired_rules(outcome.evaluation)
-    count_decision(outcome.cards, outcome.evaluation, outcome.missing)
+    decision = outcome.decision
+    g.cards = len(decision.cards)
+    g.rules_fired = fired_rules(decision.evaluation)
+    count_decision(decision.cards, decision.evaluation, decision.missing)
     log.info("hook answered", extra={"fields": {
         "hook": request.hook, "hookInstance": request.hook_instance, "service": service.id,
-        "cards": len(outcome.cards), "missing": sorted(outcome.missing), "skipped": len(outcome.skipped),
-        "sources": outcome.sources, "rulesVersion": ruleset.version,
+        "cards": len(decision.cards), "missing": sorted(decision.missing), "skipped": len(decision.skipped),
+        "sources": outcome.sources, "rulesVersion": ruleset.version, "suppressed": sorted(decision.held),
         "ms": round((time.monotonic() - started) * 1000, 1)}})
 
-    if ctx.store is not None and outcome.cards:
-        try:  # the audit log must never withhold advice from a clinician
-            ctx.store.record_cards(request.hook_instance, service.id, card_issues(outcome.cards), ctx.clock())
-        except SQLAlchemyError as exc:
-            log.error("could not record cards: %s", type(exc).__name__)
-    return Response(orjson.dumps(outcome.body), mimetype="application/json")  # the JSON floor's encoder
+    # The card issue log and the decision log go to the background writer: never on the answer's path.
+    if governance is not None and call is not None:
+        governance.record(call, decision.evaluation, decision.cards, decision.held, decision.card_issues(),
+                          decision.record)
+    return Response(orjson.dumps(decision.body), mimetype="application/json")  # the JSON floor's encoder
 
 
 def fhir_server_problem(fhir_server: str, client: object) -> str | None:

@@ -12,9 +12,10 @@ import threading
 from typing import Any
 
 from cds_service.cdshooks import HOOKS, SERVICES, template_problems
+from cds_service.clinical.results import PANEL_VALUESET, REPORT_VALUESETS
 from cds_service.engine.model import MEDICATION_RESOURCES, RuleSet
 
-log = logging.getLogger("cds_service.http")
+log = logging.getLogger("cds_service.decision")
 
 PATIENT_KEY = "patient"
 COUNT = 1000
@@ -54,6 +55,7 @@ def build_templates(ruleset: RuleSet | None, hook: str) -> dict[str, str]:
                 codes.setdefault(rtype, set()).update(f"{system}|{code}" for system, code in vs.concepts)
                 if rtype in MEDICATION_RESOURCES or vs.text or not vs.concepts:
                     unfiltered.add(rtype)
+    _add_panels_and_reports(ruleset, codes, unfiltered)
     for rtype in sorted(codes):
         if rtype == "Patient":
             continue
@@ -72,6 +74,27 @@ def build_templates(ruleset: RuleSet | None, hook: str) -> dict[str, str]:
             log.error("prefetch template %s for %s dropped: %s", key, hook, "; ".join(problems))
             del templates[key]
     return templates
+
+
+def _add_panels_and_reports(ruleset: RuleSet, codes: dict[str, set[str]], unfiltered: set[str]) -> None:
+    """Results that arrive inside other resources must be fetched too.
+
+    A urinalysis sent as one panel Observation carries its blood, esterase and cell counts as components:
+    a code filter without the panel codes would never fetch it. Cultures and imaging often arrive as a
+    DiagnosticReport whose conclusion is the finding: the DiagnosticReport search is filtered by the report
+    codes (urine culture, renal and bladder imaging), never by the findings' codes.
+    """
+    def concept_codes(vs_id: str) -> set[str]:
+        vs = ruleset.valuesets.get(vs_id)
+        return {f"{system}|{code}" for system, code in vs.concepts} if vs else set()
+
+    if "Observation" in codes:
+        codes["Observation"] |= concept_codes(PANEL_VALUESET)
+    if "Observation" in codes or "DiagnosticReport" in codes:
+        reports = set().union(*(concept_codes(vs_id) for vs_id in REPORT_VALUESETS))
+        if reports:
+            codes["DiagnosticReport"] = reports
+            unfiltered.discard("DiagnosticReport")
 
 
 _cache: dict[tuple[str, str], dict[str, str]] = {}

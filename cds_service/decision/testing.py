@@ -3,7 +3,8 @@
 A test file fixes ``now``, describes patients in shorthand (or FHIR files), names the
 hook and draft orders, and says which cards must appear (rule, indicator, summary text,
 suggestions, override reasons) and which must not. A failure prints a diff of expected
-against what the engine produced, plus the rule's trace, so the author sees why.
+against what the engine produced, plus the rule's trace, so the author sees why. Each case is decided by
+``decide()``, the function the service calls, so a passing test means the service gives those cards.
 """
 
 from __future__ import annotations
@@ -17,11 +18,9 @@ from typing import Any
 
 import yaml
 
-from cds_service.cdshooks.hooks import drafts_to_evaluate
-from cds_service.clinical.record import PatientRecord
 from cds_service.clinical.timeutil import TimeError, parse_instant
-from cds_service.engine.cards import build_cards
-from cds_service.engine.evaluate import Evaluation, evaluate
+from cds_service.decision.decide import MISSING_DATA, Decision, decide
+from cds_service.engine.evaluate import Evaluation
 from cds_service.engine.explain import explain_result
 from cds_service.engine.loader import LoadResult, load_ruleset, schema_problems
 from cds_service.engine.model import RuleSet
@@ -109,7 +108,7 @@ def run_file(path: Path, report: TestReport, cache: dict[tuple[tuple[str, ...], 
 def build_patient(
     located: Located, path: tuple[str | int, ...], case: Mapping[str, Any], now_text: str | None
 ) -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]], list[str]]:
-    """(now, resources, drafts, problems) of one test case, expanded and FHIR-checked."""
+    """(now, resources, drafts, problems) of one test case, expanded; problems: what is not valid FHIR."""
     if not (case.get("now") or now_text):
         raise TimeError("no now: set now for the file or the test")
     now = parse_instant(str(case.get("now") or now_text))
@@ -119,9 +118,8 @@ def build_patient(
     for item in case.get("data") or []:
         resources.extend(_items(item, expander, base, draft=False))
     drafts = [r for item in case.get("drafts") or [] for r in _items(item, expander, base, draft=True)]
-    valid, problems = parse_resources(resources)
-    valid_drafts, draft_problems = parse_resources(drafts)
-    return now, valid, valid_drafts, [str(p) for p in problems + draft_problems]
+    _, problems = parse_resources(resources + drafts)
+    return now, resources, drafts, [str(p) for p in problems]
 
 
 def _items(item: Any, expander: Expander, base: Path, *, draft: bool) -> list[dict[str, Any]]:
@@ -131,17 +129,26 @@ def _items(item: Any, expander: Expander, base: Path, *, draft: bool) -> list[di
     return [expander.expand(item, draft=draft)]
 
 
-def evaluate_case(
+def decide_case(
     ruleset: RuleSet, located: Located, path: tuple[str | int, ...], case: Mapping[str, Any], now_text: str | None
-) -> tuple[Evaluation, list[dict[str, Any]], list[str]]:
+) -> tuple[Decision, list[str]]:
+    """The decision for one test case (as the service would decide it), and the case's invalid-FHIR problems.
+
+    A case without ``selections`` on order-select selects every draft (``drafts_to_evaluate``).
+    """
     now, resources, drafts, problems = build_patient(located, path, case, now_text)
-    hook = case["hook"]
-    drafts = drafts_to_evaluate(hook, drafts, case.get("selections") or None)
-    record = PatientRecord(resources, drafts=drafts, ordinal_codes=ruleset.ordinal_codes)
-    evaluation = evaluate(ruleset, record, hook=hook, now=now)
     counter = iter(range(1, 10_000))
-    cards = build_cards(evaluation, patient_id=TEST_PATIENT_ID, new_id=lambda: f"uuid-{next(counter)}")
-    return evaluation, cards, problems
+    decision = decide(
+        ruleset,
+        resources,
+        hook=case["hook"],
+        now=now,
+        patient_id=TEST_PATIENT_ID,
+        drafts=drafts,
+        selections=case.get("selections") or None,
+        new_id=lambda: f"uuid-{next(counter)}",
+    )
+    return decision, problems
 
 
 def run_case(
@@ -152,7 +159,8 @@ def run_case(
     now_text: str | None,
     result: CaseResult,
 ) -> None:
-    evaluation, cards, problems = evaluate_case(ruleset, located, path, case, now_text)
+    decision, problems = decide_case(ruleset, located, path, case, now_text)
+    evaluation, cards = decision.evaluation, decision.cards_per_rule()
     for problem in problems:
         result.failures.append(f"test data is not valid FHIR: {problem}")
     expect = case["expect"]
@@ -204,7 +212,7 @@ def project(card: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, Any
     if "override_reasons" in wanted:
         got["override_reasons"] = sorted(r["code"] for r in card.get("overrideReasons", []))
     if "missing_data" in wanted:
-        got["missing_data"] = "org.kbladder-cds.missingData" in card.get("extension", {})
+        got["missing_data"] = MISSING_DATA in card.get("extension", {})
     return got
 
 

@@ -1,0 +1,1 @@
+"""Governance: the decision log, shadow rule sets, suppression learnt from feedback, reports, rule locks."""
