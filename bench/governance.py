@@ -17,7 +17,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 from cds_service.governance.replay import candidate_rules
-from cds_service.http.context import EXTENSION
+from cds_service.http.state import EXTENSION
 
 from .harness import RULES, app_for, latency, request_bytes
 from .patients import heavy, typical

@@ -52,7 +52,7 @@ def app_for(rules_dir: Path = RULES, **overrides: Any) -> Iterator[Flask]:
 
 
 def ruleset_of(app: Flask) -> Any:
-    from cds_service.http.context import EXTENSION
+    from cds_service.http.state import EXTENSION
 
     return app.extensions[EXTENSION].rules.ruleset
 

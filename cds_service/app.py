@@ -20,10 +20,10 @@ from cds_service.governance.decisionlog import keyed_hash
 from cds_service.governance.service import Governance
 from cds_service.http import calls, discovery, feedback, health, openapi
 from cds_service.http.auth import install_auth
-from cds_service.http.context import EXTENSION, ServiceContext, wall_clock
 from cds_service.http.cors import install_cors
 from cds_service.http.errors import register_error_handlers
 from cds_service.http.metrics import install_metrics
+from cds_service.http.state import EXTENSION, ServiceContext, wall_clock
 from cds_service.rules_state import RulesState
 from cds_service.store import ServiceStore, Store
 from cds_service.store.outage import OUTAGE, StoreOutage

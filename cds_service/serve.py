@@ -22,7 +22,7 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 
 from cds_service.app import create_app
 from cds_service.config import Settings
-from cds_service.http.context import EXTENSION
+from cds_service.http.state import EXTENSION
 from cds_service.logjson import configure_logging
 from cds_service.metrics import MULTIPROC_ENV, enable_multiprocess, remove_multiprocess_dir, worker_exited
 from cds_service.rules_state import RulesState

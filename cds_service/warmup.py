@@ -21,7 +21,7 @@ from cds_service.cdshooks import parse_hook_request
 from cds_service.config import Settings
 from cds_service.decision.call import run_hook
 from cds_service.decision.catalog import templates_for
-from cds_service.http.context import EXTENSION
+from cds_service.http.state import EXTENSION
 
 log = logging.getLogger("cds_service.serve")
 

@@ -56,7 +56,7 @@ from cds_service.cdshooks import (
 from cds_service.config import ConfigError, Settings
 from cds_service.fhir.client import FetchLimits
 from cds_service.governance.service import Governance
-from cds_service.http.context import EXTENSION
+from cds_service.http.state import EXTENSION
 from cds_service.logjson import JsonFormatter
 from cds_service.rules_state import RulesState
 from cds_service.store import Store

@@ -25,7 +25,7 @@ from cds_service.config import Settings
 from cds_service.governance.service import Governance
 from cds_service.governance.suppress import Fired, ShownBefore, SnoozeView, hold_back
 from cds_service.governance.writer import BackgroundWriter
-from cds_service.http.context import EXTENSION
+from cds_service.http.state import EXTENSION
 from cds_service.rules_state import RulesState
 from cds_service.store import Store
 from cds_service.store.schema import DecisionRow

@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import create_engine
 
 from cds_service.cdshooks import parse_feedback
-from cds_service.cdshooks.feedback import FeedbackItem
+from cds_service.cdshooks.feedback_request import FeedbackItem
 from cds_service.store import Store, normalise_database_url
 
 REPO = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ Pure Python (no Flask) so the same checks serve the HTTP layer, the CLI and the 
 """
 
 from .conformance import card_problems, discovery_problems, empty_value_problems, response_problems
-from .feedback import Coding, FeedbackItem, OverrideReason, parse_feedback
+from .feedback_request import Coding, FeedbackItem, OverrideReason, parse_feedback
 from .hooks import (
     HOOKS,
     SERVICES,

@@ -53,7 +53,7 @@ def serving(rules_dir: Path, database_url: str, clock: Clock, *, shadow_rules: P
     """The real app with the decision log on *database_url*; yields (base URL, governance)."""
     from cds_service.app import create_app
     from cds_service.config import Settings
-    from cds_service.http.context import EXTENSION
+    from cds_service.http.state import EXTENSION
     from cds_service.rules_state import RulesState
     from cds_service.store import Store
 

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.cdshooks import HookRequest, drafts_to_evaluate
-from cds_service.cdshooks.feedback import FeedbackItem
+from cds_service.cdshooks.feedback_request import FeedbackItem
 from cds_service.clinical.record import PatientRecord
 from cds_service.config import Settings
 from cds_service.engine.evaluate import Evaluation, evaluate

@@ -36,9 +36,9 @@ from cds_service.config import AuthSettings, Issuer, Settings
 from cds_service.security.jwks import JwksCache, keys_by_kid
 from cds_service.store.outage import store_outage
 
-from .context import service_context
 from .errors import error_response
 from .metrics import counting, metrics
+from .state import service_context
 
 log = logging.getLogger("cds_service.auth")
 

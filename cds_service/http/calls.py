@@ -21,9 +21,9 @@ from cds_service.engine.evaluate import FIRED, SUPPRESSED, Evaluation
 from cds_service.fhir.prefetch import PrefetchUnavailable
 
 from .body import read_json
-from .context import service_context
 from .errors import error_response
 from .metrics import count_decision
+from .state import service_context
 
 log = logging.getLogger("cds_service.http")
 

@@ -6,7 +6,7 @@ from flask import Blueprint, Response, jsonify
 
 from cds_service.decision.catalog import discovery_document
 
-from .context import service_context
+from .state import service_context
 
 bp = Blueprint("discovery", __name__)
 

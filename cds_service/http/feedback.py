@@ -14,14 +14,14 @@ import logging
 from flask import Blueprint, Response, jsonify
 
 from cds_service.cdshooks import SERVICES, parse_feedback
-from cds_service.cdshooks.feedback import Coding, FeedbackItem
+from cds_service.cdshooks.feedback_request import Coding, FeedbackItem
 from cds_service.engine.model import RuleSet
 from cds_service.store.outage import STORE_ERRORS, store_outage
 from cds_service.store.store import IssuedCard
 
 from .body import read_json
-from .context import service_context
 from .errors import error_response
+from .state import service_context
 
 log = logging.getLogger("cds_service.http")
 

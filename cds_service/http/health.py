@@ -13,7 +13,7 @@ from flask import Blueprint, Response, jsonify
 
 from cds_service.store.outage import store_outage
 
-from .context import ServiceContext, service_context
+from .state import ServiceContext, service_context
 
 bp = Blueprint("health", __name__)
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from cds_service.cdshooks.feedback import FeedbackItem
+from cds_service.cdshooks.feedback_request import FeedbackItem
 
 #: (card uuid, rule id, rule version, indicator): one issued card in the issue log.
 CardIssue = tuple[str, str, str, str]

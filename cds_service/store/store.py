@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
-from ..cdshooks.feedback import FeedbackItem
+from ..cdshooks.feedback_request import FeedbackItem
 from .migrate import upgrade
 from .protocol import CardIssue
 from .schema import Base, CardIssueRow, DecisionRow, FeedbackRow, JtiRow, SnoozeRow
