@@ -133,7 +133,7 @@ class RulesState:
 
     def _unproven(self, ruleset: RuleSet) -> list[str]:
         """Why a loaded set may not go live: lock-file or project-code errors, failing rule tests."""
-        from cds_service.engine.testing import run_tests
+        from cds_service.decision.testing import run_tests
         from cds_service.governance.lock import governance_problems
 
         problems = [str(p) for p in governance_problems(ruleset, self.paths) if p.severity == "error"]
