@@ -280,7 +280,8 @@ def test_sigterm_lets_the_request_in_flight_finish(
                                   "scope": "patient/*.read", "subject": "kbladder"},
             "prefetch": {"patient": {"resourceType": "Patient", "id": "p1"}, **{
                 key: {"resourceType": "Bundle", "type": "searchset"}
-                for key in ("medicationAdministration", "medicationRequest", "medicationStatement", "condition")}}}
+                for key in ("medicationAdministration", "medicationRequest", "medicationStatement", "condition",
+                            "diagnosticReport")}}}
     result: dict[str, Any] = {}
 
     def call() -> None:
