@@ -51,13 +51,15 @@ def test_every_served_hook_has_an_example_and_a_curl_line() -> None:
 
 
 def test_the_curl_lines_answer_as_the_page_says(rules: RulesState, tmp_path: Path) -> None:
-    database_url = f"sqlite:///{tmp_path / 'docs.sqlite3'}"
-    store = Store(database_url)
-    app = create_app(Settings(database_url=database_url, reload_interval_s=0), rules_state=rules, store=store,
-                     clock=lambda: EXAMPLE_NOW)
-    try:
-        with serving(app) as url:
-            for line in curl_lines():
+    # Each line is its own EHR session: a card shown at order-select is, by design, not repeated at
+    # order-sign for the same patient, user and draft (issue 12), so each line gets a fresh store.
+    for n, line in enumerate(curl_lines()):
+        database_url = f"sqlite:///{tmp_path / f'docs-{n}.sqlite3'}"
+        store = Store(database_url)
+        app = create_app(Settings(database_url=database_url, reload_interval_s=0), rules_state=rules, store=store,
+                         clock=lambda: EXAMPLE_NOW)
+        try:
+            with serving(app) as url:
                 argv = shlex.split(line.replace(DOC_BASE, url))
                 done = subprocess.run(argv, cwd=REPO, capture_output=True, timeout=60, check=True)
                 body = json.loads(done.stdout)
@@ -66,8 +68,8 @@ def test_the_curl_lines_answer_as_the_page_says(rules: RulesState, tmp_path: Pat
                 assert card["indicator"] == "warning", line
                 assert card["extension"]["org.kbladder-cds.rule"]["id"] == "KB-02"
                 assert card["summary"] in DOC.read_text(encoding="utf-8")
-    finally:
-        store.dispose()
+        finally:
+            store.dispose()
 
 
 def sample_token(aud: str, **header: Any) -> str:
@@ -101,8 +103,9 @@ def test_jwt_walk_through_with_the_epic_config(epic: tuple[str, Settings]) -> No
     call = requests.post(url + path, json=body, timeout=30,
                          headers={"Authorization": f"Bearer {sample_token(settings.public_url + path)}"})
     assert call.status_code == 200, call.text
+    issued = call.json()["cards"][0]["uuid"]  # feedback is accepted only for a card this service issued
     # The same claims with the hook's aud are refused on the feedback URL: aud is the exact path.
-    feedback = {"feedback": [{"card": str(uuid.uuid4()), "outcome": "overridden",
+    feedback = {"feedback": [{"card": issued, "outcome": "overridden",
                               "outcomeTimestamp": "2026-12-02T09:01:00Z"}]}
     wrong = requests.post(url + path + "/feedback", json=feedback, timeout=30,
                           headers={"Authorization": f"Bearer {sample_token(settings.public_url + path)}"})
