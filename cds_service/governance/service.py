@@ -79,6 +79,7 @@ class Governance:
                                                      batch_size=20, interval_s=0.05, retries=1,
                                                      name="kbladder-shadow")
         self._stop = threading.Event()
+        self._draining = threading.Event()  # set while flush() waits: the backlog runs at full speed
         self._pruner: threading.Thread | None = None
 
     # -- request path ----------------------------------------------------------------------------------
@@ -175,7 +176,7 @@ class Governance:
             self.writer.submit(CallLog(job.call, entries))
             # Hold the shadow to its CPU share: it competes with live answers for the interpreter.
             share = self.settings.shadow_cpu_share
-            if share < 1 and not self._stop.is_set():
+            if share < 1 and not self._stop.is_set() and not self._draining.is_set():
                 self._stop.wait(elapsed * (1 / share - 1))
 
     # -- feedback -----------------------------------------------------------------------------------
@@ -261,10 +262,14 @@ class Governance:
     def flush(self, timeout_s: float = 30.0) -> bool:
         """Wait for the shadow queue, then the log writer, to drain (tests, shutdown)."""
         ok = True
-        if self.shadow_queue is not None:
-            ok = self.shadow_queue.flush(timeout_s)
-        if self.writer is not None:
-            ok = self.writer.flush(timeout_s) and ok
+        self._draining.set()  # someone waits for the backlog: no CPU-share pauses until it is written
+        try:
+            if self.shadow_queue is not None:
+                ok = self.shadow_queue.flush(timeout_s)
+            if self.writer is not None:
+                ok = self.writer.flush(timeout_s) and ok
+        finally:
+            self._draining.clear()
         return ok
 
     def close(self, timeout_s: float = 30.0) -> bool:
