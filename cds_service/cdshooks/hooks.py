@@ -285,9 +285,10 @@ def _query_problems(query: str) -> list[str]:
         base, _, modifier = name.partition(":")
         if not value:
             problems.append(f"query parameter '{name}' has no value")
-        if base == "_include" and not modifier and value in MEDICATION_INCLUDES:
-            pass  # outside the recommended subset on purpose, and harmless when ignored (docs/service.md)
-        elif base in _FORBIDDEN_PARAMS:
+        # _include of referenced Medications lies outside the recommended subset on purpose, and is harmless
+        # when a client ignores it (docs/service.md).
+        medication_include = base == "_include" and not modifier and value in MEDICATION_INCLUDES
+        if base in _FORBIDDEN_PARAMS and not medication_include:
             problems.append(f"query parameter '{base}' is outside the prefetch query subset (P3)")
         if base == "sort":
             problems.append("'sort' is not a FHIR search parameter; use _sort=-date (P3)")
