@@ -62,12 +62,13 @@ def create_app(
         shadow = RulesState([settings.shadow_rules_dir], site=settings.site_file,
                             reload_interval_s=settings.reload_interval_s)
         shadow.start_polling()
-    governance = Governance(settings, store, key, shadow)
+    outage = StoreOutage()  # how the service keeps advising while the store is down
+    governance = Governance(settings, store, key, shadow, outage=outage, clock=clock)
     governance.start_pruning(clock)
     atexit.register(governance.close)  # gunicorn workers exit through here on SIGTERM: flush the log
     app.extensions[LOG_KEY] = key
     app.extensions[EXTENSION] = ServiceContext(settings, rules_state, store, clock, governance)
-    app.extensions[OUTAGE] = StoreOutage()  # how the service keeps advising while the store is down
+    app.extensions[OUTAGE] = outage
     for blueprint in (discovery.bp, calls.bp, feedback.bp, health.bp, openapi.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)

@@ -114,6 +114,40 @@ def test_every_rule_is_logged_for_every_call_without_phi(database_url: str) -> N
         assert svc.store.rule_for_card(card["uuid"]) == ("KB-02", kb02.rule_version)  # card issue log too
 
 
+def test_checks_incomplete_card_is_logged_and_its_feedback_attributed(database_url: str) -> None:
+    """The card no rule leads is still a card clinicians saw: logged under its topic, feedback accepted."""
+    bad = {**dipstick(PID, rid="bad"), "effectiveDateTime": "not-a-date"}
+    body = request_body(pid=PID, prefetch=prefetch(ketamine_given(PID), ketamine_given(PID, days=-3, rid="ma2"),
+                                                  dipstick(PID), bad, pid=PID))
+    with running(database_url) as svc:
+        (card,) = svc.call(PV, body)["cards"]
+        assert card["source"]["topic"]["code"] == "checks-incomplete"
+        row = next(r for r in svc.rows(hook_instance=body["hookInstance"]) if r.card_uuid == card["uuid"])
+        assert (row.rule_id, row.outcome, row.indicator) == ("checks-incomplete", "fired", "info")
+        assert row.rule_version == row.rule_set_version and "KB-02" in row.detail
+        sent = svc.feedback(PV, {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": now_iso()})
+        assert sent.status_code == 200, sent.text
+        assert svc.store.feedback_count(card_uuid=card["uuid"]) == 1
+
+
+def test_feedback_sent_while_its_card_is_being_written_is_found(database_url: str) -> None:
+    """The card leaves the writer's queue between two looks: the queue is read first, then the store."""
+    with running(database_url) as svc:
+        (card,) = kb02_cards(svc.call(PV, pv_body()))
+        real = svc.store.issued_card
+
+        def store_then_flush(uuid: str) -> Any:
+            found = real(uuid)  # not written yet ...
+            svc.governance.flush()  # ... and now it is, and gone from the queue
+            return found
+
+        svc.store.issued_card = store_then_flush  # type: ignore[method-assign]
+        try:
+            assert svc.governance.issued_card(card["uuid"]) is not None
+        finally:
+            svc.store.issued_card = real  # type: ignore[method-assign]
+
+
 def test_silent_rule_is_evaluated_and_logged_never_shown(database_url: str, tmp_path: Path) -> None:
     site = tmp_path / "site.yaml"
     site.write_text("rules:\n  KB-02:\n    status: silent\n")
@@ -282,6 +316,53 @@ def test_writer_retries_then_counts_failures() -> None:
     dead.submit(2)
     dead.close()
     assert dead.stats().failed == 2 and dead.stats().written == 0
+
+
+def test_writer_keeps_records_through_an_outage_and_writes_them_in_order() -> None:
+    """The default (retries=None): a failing sink keeps its batch and retries with back-off; nothing lost."""
+    down = threading.Event()
+    down.set()
+    written: list[int] = []
+    errors: list[str] = []
+    recovered = threading.Event()
+
+    def sink(batch: Sequence[int]) -> None:
+        if down.is_set():
+            raise ConnectionError("database down")
+        written.extend(batch)
+
+    writer: BackgroundWriter[int] = BackgroundWriter(sink, interval_s=0.01, max_backoff_s=0.05,
+                                                     on_error=lambda exc: errors.append(type(exc).__name__),
+                                                     on_recovery=recovered.set)
+    for i in range(5):
+        writer.submit(i)
+    deadline = time.monotonic() + 10
+    while len(errors) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stats = writer.stats()
+    assert stats.failing and stats.pending == 5 and stats.delayed == 5 and stats.failed == 0
+    assert not writer.flush(0.2)  # cannot drain while the sink is down
+    writer.submit(5)
+    down.clear()
+    assert writer.flush(10) and recovered.is_set()
+    assert written == list(range(6))
+    stats = writer.stats()
+    assert (stats.written, stats.failed, stats.delayed, stats.failing) == (6, 0, 5, False)
+    assert set(errors) == {"ConnectionError"}
+    assert writer.close()
+
+
+def test_writer_close_gives_up_at_its_deadline_and_counts_the_loss() -> None:
+    def down(batch: Sequence[int]) -> None:
+        raise ConnectionError("down")
+
+    writer: BackgroundWriter[int] = BackgroundWriter(down, interval_s=0.01, max_backoff_s=0.05)
+    for i in range(3):
+        writer.submit(i)
+    started = time.monotonic()
+    assert writer.close(0.5) is False
+    assert time.monotonic() - started < 5
+    assert writer.stats().failed == 3 and writer.stats().pending == 0
 
 
 # -- the suppression decision (pure) -----------------------------------------------------------------------

@@ -55,8 +55,6 @@ def test_text_report_has_a_line_per_rule_version_and_rule_set(replayed: tuple[st
     assert "override reasons:" in result.output
 
 
-@pytest.mark.xfail(strict=True, reason="known defect (issue 12, open): the per-rule 'shown' totals miss the cards "
-                   "that no rule owns (the 'checks incomplete' card of issue 11) and cards folded by composition")
 def test_json_report_counts_what_the_replay_did(replayed: tuple[str, Counter[str]]) -> None:
     url, counts = replayed
     result = report("--database-url", url, "--format", "json")
@@ -114,8 +112,6 @@ def test_html_report_renders_every_chart_in_chromium(replayed: tuple[str, Counte
     assert "KB-02" in seen.text()
 
 
-@pytest.mark.xfail(strict=True, reason="known defect (issue 12, open): the per-rule 'shown' totals miss the cards "
-                   "that no rule owns (the 'checks incomplete' card of issue 11) and cards folded by composition")
 def test_report_over_postgresql(database_url: str, tmp_path: Path) -> None:
     counts = replay(database_url, tmp_path, weeks=2, patients=8)
     data = json.loads(report("--database-url", database_url, "--format", "json").stdout)

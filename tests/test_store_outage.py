@@ -19,8 +19,9 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,6 +36,8 @@ from test_service_http import RULES, prefetch, request_body
 
 from cds_service.app import create_app
 from cds_service.config import AuthSettings, Issuer, Settings
+from cds_service.governance.service import Governance
+from cds_service.http.state import EXTENSION
 from cds_service.rules_state import RulesState
 from cds_service.store import Store
 from cds_service.store.outage import OUTAGE, StoreOutage
@@ -105,6 +108,10 @@ class Env:
     outage: StoreOutage
     key: Any
 
+    @property
+    def governance(self) -> Governance:
+        return self.app.extensions[EXTENSION].governance
+
     def token(self, jti: str | None = None, path: str = f"/cds-services/{PV}") -> str:
         return sign(self.key, claims(path, jti=jti or str(uuid.uuid4())), jku=None)
 
@@ -135,6 +142,7 @@ def env(own_postgres: OwnPostgres, keys: Any) -> Iterator[Env]:  # noqa: F811
                         auth=AuthSettings(enabled=True, issuers=(issuer,)))
     app = create_app(settings, rules_state=RulesState([RULES], reload_interval_s=0), store=store)
     yield Env(app, store, app.extensions[OUTAGE], key)
+    app.extensions[EXTENSION].governance.close(5)
     store.dispose()
 
 
@@ -143,9 +151,6 @@ def feedback_items(cards: list[dict[str, Any]]) -> list[dict[str, Any]]:
              "overrideReason": {"reason": card["overrideReasons"][0]}} for card in cards]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known defect (issues 9/12, open): card-log writes moved to the background decision-log writer, whose "
-    "failures are counted there, not in the store-outage cardLogFailures counter this test reads"))
 def test_hook_calls_are_verified_and_answered_while_postgres_is_down(
         env: Env, own_postgres: OwnPostgres, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="cds_service.store")
@@ -153,6 +158,7 @@ def test_hook_calls_are_verified_and_answered_while_postgres_is_down(
     answered = env.hook(first)
     assert answered.status_code == 200 and answered.get_json()["cards"]
     assert env.hook(first).status_code == 401  # replay, decided by the store
+    assert env.governance.flush(30)  # the first call's card log is written before the database stops
 
     own_postgres.stop()
     try:
@@ -165,12 +171,13 @@ def test_hook_calls_are_verified_and_answered_while_postgres_is_down(
         assert env.hook(sign(env.key, {**claims(), "exp": 1}, jku=None)).status_code == 401  # still verified
         assert env.hook(env.token()).status_code == 200
 
-        health = env.health()
+        health = wait_for_health(env, lambda h: h["store"]["cardLogFailures"] >= 2)
         assert health["status"] == "degraded"
         store = health["store"]
         assert store["reachable"] is False and store["outage"] is True
         assert store["replayCheck"] == "per-process fallback" and store["fallbackClaims"] == 2
-        assert store["cardLogFailures"] == 2  # both answered call's card log write failed, none raised
+        # Both answered calls' card logs failed to write, none raised; they wait in the queue, none lost.
+        assert store["cardLogFailures"] == 2 and store["cardLogPending"] == 2 and store["cardLogLost"] == 0
         warnings = [r for r in caplog.records if "store unreachable" in r.getMessage()]
         assert len(warnings) == 1  # once per outage, not once per call
 
@@ -193,6 +200,20 @@ def test_hook_calls_are_verified_and_answered_while_postgres_is_down(
     stored = env.feedback(feedback_items(cards[:2]))  # the EHR's retry after our 503
     assert stored.status_code == 200
     assert sum(env.store.feedback_count(card_uuid=c["uuid"]) for c in cards[:2]) == len(cards[:2])
+    # The card log queued during the outage reaches the store once it answers: nothing issued was lost.
+    assert env.governance.flush(30)
+    assert all(env.store.issued_card(c["uuid"]) is not None for c in cards)
+    assert wait_for_health(env, lambda h: h["store"]["cardLogPending"] == 0)["store"]["cardLogLost"] == 0
+
+
+def wait_for_health(env: Env, ready: Callable[[dict[str, Any]], bool], timeout_s: float = 20.0) -> dict[str, Any]:
+    """/healthz once *ready* holds (the card log is written by a background thread), or the last one seen."""
+    deadline = time.monotonic() + timeout_s
+    health = env.health()
+    while not ready(health) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        health = env.health()
+    return health
 
 
 def jwt_id(token: str) -> str:
@@ -201,16 +222,13 @@ def jwt_id(token: str) -> str:
     return jwt.decode(token, options={"verify_signature": False})["jti"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known defect (issues 9/12, open): feedback now checks that the card was issued (issue 12) and this "
-    "test's card is not found there, so it gets 404 before the all-or-nothing store write is reached"))
 def test_multi_item_feedback_is_stored_all_or_nothing(env: Env) -> None:
     """The second item fails inside PostgreSQL (a trigger raises): the first is not kept either; 503."""
-    response = env.hook(env.token())
-    cards = response.get_json()["cards"]
-    first, second = str(uuid.uuid4()), str(uuid.uuid4())
-    items = [{**item, "card": card} for item, card in zip(feedback_items([cards[0]] * 2), (first, second),
-                                                               strict=True)]
+    cards = [card for _ in range(2) for card in env.hook(env.token()).get_json()["cards"][:1]]
+    assert len(cards) == 2
+    assert env.governance.flush(30)  # both cards are in the issue log (feedback names issued cards only)
+    items = feedback_items(cards[:2])
+    first, second = cards[0]["uuid"], cards[1]["uuid"]
     with env.store.engine.begin() as conn:
         conn.execute(text(f"""
             CREATE OR REPLACE FUNCTION kbladder_fail_second() RETURNS trigger AS $$

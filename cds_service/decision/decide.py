@@ -19,6 +19,7 @@ from cds_service.clinical.record import PatientRecord
 from cds_service.decision.catalog import resource_type_of
 from cds_service.engine.cards import EXT, CardSettings, build_cards
 from cds_service.engine.evaluate import SUPPRESSED, Evaluation, evaluate
+from cds_service.engine.incomplete import TOPIC as INCOMPLETE_TOPIC
 from cds_service.engine.incomplete import incomplete_checks_card
 from cds_service.engine.model import MEDICATION_RESOURCES, RuleSet
 from cds_service.fhir.parse import ParseProblem, parse_resources
@@ -68,13 +69,30 @@ class Decision:
         )
 
     def card_issues(self) -> list[tuple[str, str, str, str]]:
-        """(card uuid, rule id, rule version, indicator) of each card, for the store's issue log."""
+        """(card uuid, owner, version, indicator) of EVERY card, for the store's issue log.
+
+        The owner is the rule that leads the card; the "checks incomplete" card has no rule, so it is
+        issued under its topic and the rule-set version (feedback on it is attributable, and a report's
+        card totals add up to what clinicians saw).
+        """
         issues = []
         for card in self.cards:
-            rule = card.get("extension", {}).get(f"{EXT}.rule") or {}
-            if card.get("uuid") and rule.get("id"):
-                issues.append((card["uuid"], rule["id"], str(rule.get("version", "")), card["indicator"]))
+            owner = card_owner(card, self.evaluation.ruleset_version)
+            if card.get("uuid") and owner is not None:
+                issues.append((card["uuid"], owner[0], owner[1], card["indicator"]))
         return issues
+
+
+def card_owner(card: Mapping[str, Any], ruleset_version: str) -> tuple[str, str] | None:
+    """(id, version) a card is attributed to: its leading rule, or for a card no rule leads (the
+    "checks incomplete" card) its topic under the rule-set version; None for a card of neither kind."""
+    extension = card.get("extension") or {}
+    rule = extension.get(f"{EXT}.rule") or {}
+    if rule.get("id"):
+        return str(rule["id"]), str(rule.get("version", ""))
+    if f"{EXT}.incomplete" in extension:
+        return INCOMPLETE_TOPIC, ruleset_version
+    return None
 
 
 def decide(

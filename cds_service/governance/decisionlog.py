@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from cds_service.decision.decide import card_owner
 from cds_service.engine.cards import EXT, evidence_rows
 from cds_service.engine.evaluate import FIRED, NOT_FIRED, SUPPRESSED, UNDECIDED, Evaluation, RuleResult
+from cds_service.engine.incomplete import TOPIC as INCOMPLETE_TOPIC
 
 __all__ = [
     "LIVE",
@@ -114,13 +116,29 @@ def evidence_hashes(key: bytes, result: RuleResult) -> tuple[str, ...]:
 
 
 def card_uuids(cards: Iterable[Mapping[str, Any]]) -> dict[str, str]:
-    """rule id → uuid of the card that carries it."""
+    """rule id → uuid of the card that rule leads (a rule merged or folded into another card leads none)."""
     out: dict[str, str] = {}
     for card in cards:
         rule = (card.get("extension") or {}).get(f"{EXT}.rule") or {}
         if rule.get("id") and card.get("uuid"):
             out.setdefault(str(rule["id"]), str(card["uuid"]))
     return out
+
+
+def incomplete_entries(evaluation: Evaluation, cards: Sequence[Mapping[str, Any]]) -> list[DecisionEntry]:
+    """The "checks incomplete" card, logged under its topic: no rule leads it, yet clinicians saw it."""
+    entries = []
+    for card in cards:
+        owner = card_owner(card, evaluation.ruleset_version)
+        if owner is None or owner[0] != INCOMPLETE_TOPIC or not card.get("uuid"):
+            continue
+        checks = (card.get("extension") or {}).get(f"{EXT}.incomplete") or []
+        missing = tuple(dict.fromkeys(scrub(str(m)) for check in checks for m in check.get("missing", ())))
+        entries.append(DecisionEntry(
+            rule_set=LIVE, rule_set_version=evaluation.ruleset_version, rule_id=owner[0], rule_version=owner[1],
+            outcome="fired", indicator=str(card.get("indicator") or "info"), card_uuid=str(card["uuid"]),
+            detail="rules undecided: " + ", ".join(str(c.get("id")) for c in checks), missing=missing))
+    return entries
 
 
 def log_entries(
@@ -167,4 +185,6 @@ def log_entries(
         else:
             entry = DecisionEntry(outcome="not_fired", **common)
         entries.append(entry)
+    if rule_set == LIVE:
+        entries.extend(incomplete_entries(evaluation, cards))
     return tuple(entries)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -126,15 +125,5 @@ def replay_weeks(patients: Sequence[DemoPatient], base_url: str, clock: Clock, *
 
 
 def _send_feedback(session: requests.Session, url: str, answer: dict[str, Any]) -> requests.Response:
-    """Post one feedback item; a card logged after its answer was sent may need a moment to be known.
-
-    The decision log is written after the response, so a replay that answers in the same millisecond can
-    arrive first and get 404; an EHR's clinician never does. Retry briefly, then give the last answer.
-    """
-    for _ in range(50):
-        sent = session.post(url, json={"feedback": [answer]}, timeout=60)
-        if sent.status_code != 404:
-            return sent
-        time.sleep(0.1)
-    return sent
-
+    """Post one feedback item, as an EHR does when the clinician answers the card."""
+    return session.post(url, json={"feedback": [answer]}, timeout=60)

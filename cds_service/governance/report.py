@@ -33,6 +33,7 @@ class RuleStats:
     rule_set_versions: set[str] = field(default_factory=set)
     calls: int = 0
     shown: Counter[str] = field(default_factory=Counter)  # by indicator (shadow: would have shown)
+    in_other_card: int = 0  # live: fired, its card merged into or folded under another rule's card
     silent: int = 0
     not_fired: int = 0
     undecided: int = 0
@@ -54,7 +55,8 @@ class RuleStats:
         return {
             "ruleSet": self.rule_set, "rule": self.rule_id, "version": self.rule_version,
             "ruleSetVersions": sorted(self.rule_set_versions), "calls": self.calls,
-            "shown": {i: self.shown[i] for i in INDICATORS if self.shown[i]}, "silent": self.silent,
+            "shown": {i: self.shown[i] for i in INDICATORS if self.shown[i]}, "inOtherCard": self.in_other_card,
+            "silent": self.silent,
             "notFired": self.not_fired, "undecided": self.undecided,
             "topMissing": [{"data": k, "calls": v} for k, v in self.missing.most_common(3)],
             "suppressed": self.suppressed, "suppressedWhy": dict(self.suppressed_why.most_common(5)),
@@ -130,7 +132,9 @@ def build_report(rows: Iterable[Any], feedback: Iterable[StoredFeedback], *, sin
                 stats.shown[row.indicator or "info"] += 1
                 card_rule[row.card_uuid] = key
                 report.cards_per_week[(_week(row.logged_at), row.rule_id)] += 1
-            elif not live:
+            elif live:
+                stats.in_other_card += 1
+            else:
                 stats.shown[row.indicator or "info"] += 1
         elif outcome == "silent":
             stats.silent += 1
@@ -295,12 +299,14 @@ th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}th{background:#f2f2
 def render_html(report: Report) -> str:
     """One self-contained page: summary, charts (inline SVG), and the table."""
     summary = "<br>".join(html.escape(line) for line in render_text(report).split("\n\n", 1)[1].split("\n"))
-    head = ["rule", "version", "set", "calls", "shown c/w/i", "silent", "undecided", "top missing", "suppressed",
+    head = ["rule", "version", "set", "calls", "shown c/w/i", "in other card", "silent", "undecided", "top missing",
+            "suppressed",
             "accepted", "overridden", "not answered", "acceptance", "shadow +/−"]
     body_rows = []
     for s in sorted(report.rules.values(), key=_order):
         cells = [s.rule_id, s.rule_version, s.rule_set, s.calls, "/".join(str(s.shown[i]) for i in INDICATORS),
-                 s.silent, s.undecided, ", ".join(k for k, _ in s.missing.most_common(2)) or "—", s.suppressed,
+                 s.in_other_card, s.silent, s.undecided, ", ".join(k for k, _ in s.missing.most_common(2)) or "—",
+                 s.suppressed,
                  s.accepted, sum(s.overridden.values()), s.not_answered, _pct(s.acceptance),
                  f"+{s.shadow_only}/−{s.live_only}" if s.rule_set == "shadow" else ""]
         body_rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")

@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -26,6 +26,7 @@ from cds_service.engine.evaluate import Evaluation, evaluate
 from cds_service.engine.model import RuleSet
 from cds_service.rules_state import RulesState
 from cds_service.store import Store
+from cds_service.store.outage import StoreOutage
 from cds_service.store.store import IssuedCard
 
 from .decisionlog import LIVE, SHADOW, CallInfo, CallLog, evidence_hashes, keyed_hash, log_entries
@@ -62,18 +63,23 @@ class Governance:
     """Decision log, shadow mode, suppression and retention for one process."""
 
     def __init__(self, settings: Settings, store: Store | None, key: bytes,
-                 shadow: RulesState | None = None) -> None:
+                 shadow: RulesState | None = None, *, outage: StoreOutage | None = None,
+                 clock: Callable[[], datetime] | None = None) -> None:
         self.settings = settings
         self.store = store
         self.key = key
         self.shadow = shadow
+        self.outage = outage
+        self.clock = clock or (lambda: datetime.now(UTC))
         self.counts = Counters()
         self._lock = threading.Lock()
         self.writer: BackgroundWriter[CallLog] | None = None
         self.shadow_queue: BackgroundWriter[ShadowJob] | None = None
         if store is not None:
+            # Kept until written (retries=None): cards issued during a store outage stay attributable.
             self.writer = BackgroundWriter(store.write_calls, capacity=settings.log_queue_capacity,
-                                           name="kbladder-decision-log")
+                                           name="kbladder-decision-log", on_error=self._log_write_failed,
+                                           on_recovery=self._log_write_recovered)
             if shadow is not None:
                 self.shadow_queue = BackgroundWriter(self._run_shadow, capacity=settings.log_queue_capacity,
                                                      batch_size=20, interval_s=0.05, retries=1,
@@ -81,6 +87,22 @@ class Governance:
         self._stop = threading.Event()
         self._draining = threading.Event()  # set while flush() waits: the backlog runs at full speed
         self._pruner: threading.Thread | None = None
+
+    def _log_write_failed(self, exc: BaseException) -> None:
+        if self.outage is not None:
+            self.outage.failed("card log", exc, self.clock())
+
+    def _log_write_recovered(self) -> None:
+        if self.outage is not None and self.store is not None:
+            self.outage.recovered(self.store, self.clock())
+
+    def log_status(self) -> dict[str, Any]:
+        """The card/decision log writer for /healthz: what waits, what failed at first, what was lost."""
+        if self.writer is None:
+            return {}
+        stats = self.writer.stats()
+        return {"cardLogFailures": stats.delayed, "cardLogPending": stats.pending,
+                "cardLogDropped": stats.dropped, "cardLogLost": stats.failed}
 
     # -- request path ----------------------------------------------------------------------------------
 
@@ -201,18 +223,20 @@ class Governance:
                                      created_at=at, until=until)
 
     def issued_card(self, card_uuid: str) -> IssuedCard | None:
-        """The issued card, looking at this process's unflushed log too (feedback right after the answer)."""
+        """The issued card, looking at this process's unwritten log too (feedback right after the answer).
+
+        The queue is read BEFORE the store: a record leaves the queue only after its transaction committed,
+        so a card not in the queue at that moment is already in the store. (Store first, then queue, loses
+        a card written in between: feedback sent within milliseconds of the answer got 404.)
+        """
         assert self.store is not None
-        found = self.store.issued_card(card_uuid)
-        if found is not None or self.writer is None:
-            return found
-        for pending in self.writer.pending():
+        for pending in self.writer.pending() if self.writer is not None else ():
             for uuid, rule_id, version, indicator in pending.cards:
                 if uuid == card_uuid:
                     entry = next((e for e in pending.entries if e.card_uuid == uuid), None)
                     return IssuedCard(uuid, pending.call.service_id, rule_id, version, indicator, pending.call.now,
                                       pending.call.patient_hash, entry.evidence if entry else ())
-        return None
+        return self.store.issued_card(card_uuid)
 
     # -- lifecycle -------------------------------------------------------------------------------------
 

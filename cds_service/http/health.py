@@ -68,7 +68,8 @@ def healthz() -> Response:
             "lastError": list(snapshot.last_error) or None,
             "lastErrorAt": snapshot.last_error_at.isoformat() if snapshot.last_error_at else None,
         },
-        "store": {"configured": ctx.store is not None, "reachable": store_ok, **store_outage().status()},
+        "store": {"configured": ctx.store is not None, "reachable": store_ok, **store_outage().status(),
+                  **(ctx.governance.log_status() if ctx.governance is not None else {})},
         "auth": {"enabled": ctx.settings.auth.enabled},
     }
     if ctx.settings.pinned_rules_version:

@@ -9,7 +9,8 @@ wrong (401 for a database problem). So:
   fallback are written to the store when it answers again, so a replay after recovery is refused;
 * while the outage lasts the store is retried at most every ``retry_interval_s`` (each call does not wait
   for a dead database's connect timeout);
-* failed card-log writes are counted (``/healthz``) and logged, never raised into the hook call.
+* card-log writes go through the governance writer, which keeps them queued while the store is down and
+  writes them when it answers (counted in ``/healthz``, never raised into the hook call).
 
 Feedback is not advice: it answers 503 with ``Retry-After`` while it cannot be stored (http/feedback.py).
 """
@@ -58,7 +59,6 @@ class StoreOutage:
         self.since: datetime | None = None  # wall time the current outage was noticed
         self._last_failure = float("-inf")
         self.outages = 0
-        self.card_log_failures = 0
         self.fallback_claims = 0
         self._claims: dict[tuple[str, str], datetime] = {}  # (issuer, jti) -> expires_at, during outages
         self._unsynced: list[tuple[str, str, datetime]] = []
@@ -77,7 +77,7 @@ class StoreOutage:
                 self.since = now
                 self.outages += 1
                 log.warning("store unreachable: replay check falls back to this process's cache, card log "
-                            "writes are dropped, feedback answers 503", extra={"fields": {
+                            "writes wait in the queue, feedback answers 503", extra={"fields": {
                                 "during": what, "error": type(exc).__name__}})
 
     def should_try_store(self) -> bool:
@@ -104,13 +104,6 @@ class StoreOutage:
                     break
         log.warning("store reachable again", extra={"fields": {
             "outageSeconds": round((now - since).total_seconds(), 1), "claimsHandedOver": synced}})
-
-    def card_log_failed(self, exc: BaseException, now: datetime) -> None:
-        with self._lock:
-            self.card_log_failures += 1
-        log.error("could not record cards", extra={"fields": {"error": type(exc).__name__,
-                                                              "failures": self.card_log_failures}})
-        self.failed("card log", exc, now)
 
     # -- replay check ------------------------------------------------------------------------------------
 
@@ -151,5 +144,4 @@ class StoreOutage:
                 "replayCheck": "per-process fallback" if self.since else "store",
                 "outages": self.outages,
                 "fallbackClaims": self.fallback_claims,
-                "cardLogFailures": self.card_log_failures,
             }
