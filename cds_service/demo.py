@@ -38,6 +38,8 @@ class DemoPatient:
     resources: list[dict[str, Any]]
     drafts: list[dict[str, Any]]
     expected: Mapping[str, Sequence[str]]
+    #: context.appointments for appointment-book (proposed Appointments and the orders they book).
+    appointments: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -86,8 +88,8 @@ def from_cohort(cohort: Any) -> tuple[datetime, list[DemoPatient]]:
     """Demo patients from a generated ``cds_service.synth`` cohort."""
     from cds_service.fhir.parse import bundle_resources
 
-    patients = [DemoPatient(p.id, p.scenario, bundle_resources(p.bundle), list(p.draft_orders), p.expected)
-                for p in cohort.patients]
+    patients = [DemoPatient(p.id, p.scenario, bundle_resources(p.bundle), list(p.draft_orders), p.expected,
+                            list(p.appointments)) for p in cohort.patients]
     return cohort.now, patients
 
 
@@ -104,8 +106,10 @@ def from_directory(folder: Path) -> tuple[datetime, list[DemoPatient]]:
         bundle = json.loads((folder / entry["files"]["bundle"]).read_text(encoding="utf-8"))
         drafts_file = entry["files"].get("drafts")
         drafts = bundle_resources(json.loads((folder / drafts_file).read_text(encoding="utf-8"))) if drafts_file else []
+        booked_file = entry["files"].get("appointments")
+        booked = bundle_resources(json.loads((folder / booked_file).read_text(encoding="utf-8"))) if booked_file else []
         resources = bundle_resources(bundle)
-        patients.append(DemoPatient(entry["id"], entry["scenario"], resources, drafts, entry["expected"]))
+        patients.append(DemoPatient(entry["id"], entry["scenario"], resources, drafts, entry["expected"], booked))
     return parse_instant(manifest["now"]), patients
 
 
@@ -157,14 +161,19 @@ def prefetch_for(templates: Mapping[str, str], patient_id: str, resources: Seque
 
 
 def hook_request(hook: str, patient: DemoPatient, templates: Mapping[str, str]) -> dict[str, Any] | None:
-    """The CDS Hooks request for one hook; None when the hook has nothing to act on (no draft order)."""
+    """The CDS Hooks request for one hook; None when the hook has nothing to act on (no draft order, no
+    appointment being booked)."""
     definition = HOOKS[hook]
     context: dict[str, Any] = {"userId": "Practitioner/demo", "patientId": patient.id}
-    if definition.order_hook:
-        if not patient.drafts:
+    if definition.field("encounterId") is not None and definition.field("encounterId").required:
+        context["encounterId"] = "demo-visit"  # a visit id the demo EHR makes up (no Encounter is read)
+    bundle_field = definition.bundle_field
+    if bundle_field is not None:
+        carried = patient.drafts if bundle_field == "draftOrders" else patient.appointments
+        if not carried:
             return None
-        context["draftOrders"] = {"resourceType": "Bundle", "type": "collection",
-                                  "entry": [{"resource": d} for d in patient.drafts]}
+        context[bundle_field] = {"resourceType": "Bundle", "type": "collection",
+                                 "entry": [{"resource": d} for d in carried]}
     if definition.field("selections") is not None:  # the clinician selects the first draft
         context["selections"] = [f"MedicationRequest/{patient.drafts[0]['id']}"]
     return {"hook": hook, "hookInstance": str(uuid.uuid4()), "context": context,

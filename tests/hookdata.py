@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from cds_service.cdshooks.hooks import HOOKS
 from cds_service.loopback import serve as serving  # noqa: F401  (re-exported for the HTTP tests)
 
 KETAMINE = {"coding": [{"system": "http://snomed.info/sct", "code": "781954001"}]}
@@ -120,11 +121,28 @@ def prefetch(*resources: dict[str, Any], pid: str = "p1", omit: tuple[str, ...] 
     return {k: v for k, v in data.items() if k not in omit}
 
 
+def appointment(start_days: float = 7, pid: str = "p1", *, order: str | None = None,
+                rid: str = "appt-1") -> dict[str, Any]:
+    """A proposed Appointment (appointment-book), booking a session of MedicationRequest *order* if given."""
+    return {"resourceType": "Appointment", "id": rid, "status": "proposed", "start": at(start_days),
+            "minutesDuration": 40,
+            **({"supportingInformation": [{"reference": f"MedicationRequest/{order}"}]} if order else {}),
+            "participant": [{"actor": {"reference": f"Patient/{pid}"}, "status": "accepted"}]}
+
+
 def request_body(hook: str = "patient-view", *, pid: str = "p1", drafts: list[dict[str, Any]] | None = None,
-                 selections: list[str] | None = None, **extra: Any) -> dict[str, Any]:
+                 selections: list[str] | None = None, appointments: list[dict[str, Any]] | None = None,
+                 **extra: Any) -> dict[str, Any]:
+    """A valid request for any hook of the hook table (its context fields filled as the Library defines)."""
+    definition = HOOKS[hook]
     context: dict[str, Any] = {"userId": "Practitioner/u1", "patientId": pid}
-    if hook != "patient-view":
+    encounter = definition.field("encounterId")
+    if encounter is not None and encounter.required:
+        context["encounterId"] = "visit-1"
+    if definition.bundle_field == "draftOrders":
         context["draftOrders"] = bundle(*(drafts or []))
-    if hook == "order-select":
+    elif definition.bundle_field == "appointments":
+        context["appointments"] = bundle(*(appointments or [appointment(pid=pid)]))
+    if definition.field("selections") is not None:
         context["selections"] = selections or []
     return {"hook": hook, "hookInstance": str(uuid.uuid4()), "context": context, **extra}

@@ -8,12 +8,22 @@ from cds_service.cdshooks import HOOKS, USER_PREFETCH_TOKENS, prefetch_tokens, t
 
 
 def test_hook_library_context_tables() -> None:
-    assert set(HOOKS) == {"patient-view", "order-select", "order-sign"}
+    assert set(HOOKS) == {"patient-view", "order-select", "order-sign", "appointment-book", "encounter-start"}
     for hook in HOOKS.values():
         assert hook.hook_version == "1.0" and hook.specification_version == "1.0"
         assert [f.name for f in hook.required_fields][:2] == ["userId", "patientId"]
         encounter = hook.field("encounterId")
-        assert encounter is not None and not encounter.required and encounter.prefetch_token
+        assert encounter is not None and encounter.prefetch_token
+        assert encounter.required is (hook.id == "encounter-start")  # the Encounter being started
+    book = HOOKS["appointment-book"]
+    assert {f.name for f in book.required_fields} == {"userId", "patientId", "appointments"}
+    appointments = book.field("appointments")
+    assert appointments is not None and appointments.type == "object" and not appointments.prefetch_token
+    assert book.user_types == ("Practitioner", "PractitionerRole", "Patient", "RelatedPerson")
+    assert book.bundle_field == "appointments" and book.plans_exposure and not book.order_hook
+    start = HOOKS["encounter-start"]
+    assert {f.name for f in start.required_fields} == {"userId", "patientId", "encounterId"}
+    assert start.user_types == ("Practitioner", "PractitionerRole") and not start.plans_exposure
     select = HOOKS["order-select"]
     assert {f.name for f in select.required_fields} == {"userId", "patientId", "selections", "draftOrders"}
     assert {f.name: f.type for f in select.fields}["selections"] == "array"

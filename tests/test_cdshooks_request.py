@@ -206,9 +206,9 @@ def test_error_as_operation_outcome() -> None:
 
 
 def test_served_hook_without_definition_gets_generic_checks() -> None:
-    body = {"hook": "encounter-start", "hookInstance": "5e6f7a8b-1c2d-4e3f-9a0b-1c2d3e4f5a6b",
+    body = {"hook": "encounter-discharge", "hookInstance": "5e6f7a8b-1c2d-4e3f-9a0b-1c2d3e4f5a6b",
             "context": {"anything": 1}}
-    request = parse_hook_request(body, served_hooks={"encounter-start"})
+    request = parse_hook_request(body, served_hooks={"encounter-discharge"})
     assert request.context == {"anything": 1}
 
 
@@ -378,3 +378,73 @@ def test_access_token_must_fit_an_authorization_header() -> None:
         parse_hook_request(body, served_hooks=ALL_HOOKS)
     assert info.value.field == "fhirAuthorization.access_token"
     assert "\u00e9" not in info.value.message
+
+
+# -- appointment-book and encounter-start (CDS Hooks Library STU1 1.0.1) -----------------------------------
+
+NEW_HOOKS = frozenset({"appointment-book", "encounter-start"})
+
+
+def _appointment(**changes: Any) -> dict[str, Any]:
+    return {"resourceType": "Appointment", "id": "appt-1", "status": "proposed", "start": "2026-12-09T09:00:00Z",
+            "supportingInformation": [{"reference": "MedicationRequest/course-1"}],
+            "participant": [{"actor": {"reference": f"Patient/{PATIENT}"}, "status": "accepted"}], **changes}
+
+
+def appointment_book(*entries: dict[str, Any]) -> dict[str, Any]:
+    body = patient_view()
+    body["hook"] = "appointment-book"
+    body["context"]["appointments"] = {"resourceType": "Bundle", "type": "collection",
+                                       "entry": [{"resource": r} for r in (entries or (_appointment(),))]}
+    return body
+
+
+def encounter_start() -> dict[str, Any]:
+    body = patient_view()
+    body["hook"] = "encounter-start"
+    return body
+
+
+def test_appointment_book_valid_and_carries_its_appointments() -> None:
+    order = {"resourceType": "MedicationRequest", "id": "course-1", "status": "active", "intent": "order",
+             "subject": {"reference": f"Patient/{PATIENT}"}}
+    request = parse_hook_request(appointment_book(_appointment(), order), served_hooks=NEW_HOOKS)
+    assert [r["resourceType"] for r in request.draft_orders] == ["Appointment", "MedicationRequest"]
+    assert request.selections == []
+
+
+@pytest.mark.parametrize(("mutate", "field"), [
+    (lambda b: b["context"].pop("appointments"), "context.appointments"),
+    (lambda b: b["context"].update(appointments=[]), "context.appointments"),
+    (lambda b: b["context"]["appointments"].update(resourceType="Appointment"), "context.appointments.resourceType"),
+    (lambda b: b["context"]["appointments"]["entry"][0]["resource"].update(status="booked"),
+     "context.appointments.entry[0].resource.status"),
+    (lambda b: b["context"]["appointments"].update(entry=[]), "context.appointments.entry"),
+    (lambda b: b["context"].update(userId="Device/kiosk"), "context.userId"),
+])
+def test_appointment_book_context_is_validated_as_the_library_defines_it(mutate: Any, field: str) -> None:
+    body = appointment_book()
+    mutate(body)
+    with pytest.raises(RequestError) as caught:
+        parse_hook_request(body, served_hooks=NEW_HOOKS)
+    assert caught.value.field == field
+
+
+def test_appointment_book_may_be_booked_by_the_patient() -> None:
+    body = appointment_book()
+    body["context"]["userId"] = f"Patient/{PATIENT}"
+    assert parse_hook_request(body, served_hooks=NEW_HOOKS).hook == "appointment-book"
+
+
+def test_encounter_start_requires_the_encounter_and_a_clinician() -> None:
+    assert parse_hook_request(encounter_start(), served_hooks=NEW_HOOKS).encounter_id == "89284"
+    body = encounter_start()
+    del body["context"]["encounterId"]
+    with pytest.raises(RequestError) as caught:
+        parse_hook_request(body, served_hooks=NEW_HOOKS)
+    assert caught.value.field == "context.encounterId"
+    body = encounter_start()
+    body["context"]["userId"] = f"Patient/{PATIENT}"
+    with pytest.raises(RequestError) as caught:
+        parse_hook_request(body, served_hooks=NEW_HOOKS)
+    assert caught.value.field == "context.userId"

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from cds_service.cdshooks.hooks import HOOKS  # every hook: the manifest has an expectation for each
 from cds_service.clinical.record import PatientRecord
+from cds_service.decision.appointments import booked_sessions
 from cds_service.engine.evaluate import evaluate
 from cds_service.engine.loader import load_ruleset
 from cds_service.engine.model import RuleSet
@@ -22,7 +24,6 @@ from cds_service.synth import generate_cohort
 
 REPO = Path(__file__).resolve().parents[1]
 BACKGROUNDS = REPO / "tests" / "data" / "synthetic-fhir-r4"
-HOOKS = ("patient-view", "order-select", "order-sign")
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,9 @@ def cards_for(rules: RuleSet, resources: list[dict], drafts: list[dict], hook: s
     assert not problems, problems
     if hook == "order-select":
         drafts = drafts[:1]  # the demo and the manifest select the first draft order
-    record = PatientRecord(valid, drafts=drafts if hook != "patient-view" else [], **rules.record_options())
+    if HOOKS[hook].drafts == "appointments":
+        drafts = booked_sessions(drafts, resources)  # the sessions the appointments book
+    record = PatientRecord(valid, drafts=drafts if HOOKS[hook].plans_exposure else [], **rules.record_options())
     return {r.rule.id for r in evaluate(rules, record, hook=hook, now=now).shown()}
 
 
@@ -63,10 +66,11 @@ def test_every_patient_gets_the_cards_its_scenario_expects(rules: RuleSet, seed:
     for patient in cohort.patients:
         resources = bundle_resources(patient.bundle)
         for hook in HOOKS:
-            if hook != "patient-view" and not patient.draft_orders:
-                got: set[str] = set()
+            carried = patient.context_resources(hook)
+            if HOOKS[hook].plans_exposure and not carried:
+                got: set[str] = set()  # the EHR would not call: nothing is being ordered or booked
             else:
-                got = cards_for(rules, resources, patient.draft_orders, hook, cohort.now)
+                got = cards_for(rules, resources, carried, hook, cohort.now)
             expected = set(patient.expected[hook])
             if got != expected:
                 mismatches.append(f"{patient.id} {hook}: expected {sorted(expected)}, got {sorted(got)}")

@@ -33,6 +33,8 @@ JWT_DIR = EXAMPLES / "jwt"
 EXAMPLE_NOW = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
 DOC_BASE = "http://127.0.0.1:8080"
 CURL = re.compile(r"^curl .*$", re.M)
+#: The card each example answers with, where it is not KB-02's warning (the page says which).
+EXPECTED = {"appointment-book": ("KB-05", "info")}
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +67,15 @@ def test_the_curl_lines_answer_as_the_page_says(rules: RulesState, tmp_path: Pat
                 body = json.loads(done.stdout)
                 assert response_problems(body) == [], line
                 (card,) = body["cards"]
-                assert card["indicator"] == "warning", line
-                assert card["extension"]["org.kbladder-cds.rule"]["id"] == "KB-02"
+                rule, indicator = EXPECTED.get(re.search(r"examples/([a-z-]+)\.json", line).group(1),
+                                               ("KB-02", "warning"))
+                assert card["indicator"] == indicator, line
+                assert card["extension"]["org.kbladder-cds.rule"]["id"] == rule
                 assert card["summary"] in DOC.read_text(encoding="utf-8")
+                if rule == "KB-05":  # the booking is what a clinician may drop, never the standing order
+                    actions = [a for s in card["suggestions"] for a in s["actions"]]
+                    assert actions == [{"type": "delete", "resourceId": "Appointment/proposed-session-1",
+                                        "description": "Do not book this appointment (the proposed session)"}]
         finally:
             store.dispose()
 

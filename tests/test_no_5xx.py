@@ -36,14 +36,14 @@ from test_service_http import PARACETAMOL, RULES, prefetch, request_body
 from werkzeug.wrappers import Request, Response
 
 from cds_service.app import create_app
+from cds_service.cdshooks.hooks import HOOKS
 from cds_service.config import Settings
 from cds_service.fhir.client import FetchLimits
 from cds_service.rules_state import RulesState
 from cds_service.store import Store
 
 EXT = "org.kbladder-cds"
-SERVICE = {"patient-view": "kbladder-patient-view", "order-select": "kbladder-order-select",
-           "order-sign": "kbladder-order-sign"}
+SERVICE = {hook: definition.service.id for hook, definition in HOOKS.items()}
 # make test: bounded (< 60 s in all on a busy 2-core machine); KBLADDER_FUZZ_EXAMPLES=2000 for a long hunt.
 EXAMPLES = int(os.environ.get("KBLADDER_FUZZ_EXAMPLES", "120"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=False,
@@ -74,8 +74,21 @@ def history() -> list[dict[str, Any]]:
 
 def valid_request(hook: str) -> dict[str, Any]:
     pre = prefetch(*history())
-    if hook == "patient-view":
-        return request_body(prefetch=pre)
+    if hook in ("patient-view", "encounter-start"):
+        body = request_body(prefetch=pre)
+        body["hook"] = hook
+        if hook == "encounter-start":
+            body["context"]["encounterId"] = "visit-1"
+        return body
+    if hook == "appointment-book":
+        order = {**draft_order("course", KETAMINE), "status": "active"}
+        body = request_body(prefetch=prefetch(*history(), order))
+        body["hook"] = hook
+        body["context"]["appointments"] = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {
+            "resourceType": "Appointment", "id": "next", "status": "proposed", "start": "2026-12-09T09:00:00Z",
+            "minutesDuration": 40, "supportingInformation": [{"reference": "MedicationRequest/course"}],
+            "participant": [{"actor": {"reference": "Patient/p1"}, "status": "accepted"}]}}]}
+        return body
     drafts = [draft_order("ket", KETAMINE), draft_order("para", PARACETAMOL)]
     return request_body(hook, drafts=drafts, prefetch=pre,
                         selections=["MedicationRequest/ket"] if hook == "order-select" else None)
@@ -191,7 +204,7 @@ MUTATION = st.one_of(st.sampled_from([*HOSTILE, DELETE, "__wrap__"]),
                                   | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=6))
 
 
-@pytest.mark.parametrize("hook", ["patient-view", "order-select", "order-sign"])
+@pytest.mark.parametrize("hook", list(HOOKS))
 def test_fuzzed_hook_requests_never_give_a_5xx(app: Flask, hook: str) -> None:
     document = valid_request(hook)
     assert call(app, hook, document).status_code == 200

@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 
+from cds_service.cdshooks.hooks import HOOKS as HOOK_TABLE
 from cds_service.fhir.parse import bundle_resources, check_resource
 from cds_service.synth import DEFAULT_NOW, Cohort, SyntheticPatient, generate_cohort, main_synth, write_cohort
 from cds_service.synth.codes import ALL_RULES, MEDICATIONS, PATIENT_VIEW_RULES, RACEMIC_KEYS
 
 SEED = 20260601
-HOOKS = ("patient-view", "order-select", "order-sign")
+HOOKS = tuple(HOOK_TABLE)  # the manifest has an expectation for every hook we answer
 UCUM = "http://unitsofmeasure.org"
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 BACKGROUNDS = Path(__file__).resolve().parent / "data" / "synthetic-fhir-r4"
@@ -102,9 +103,22 @@ def test_expectations_are_well_formed(cohort: Cohort) -> None:
             assert set(rules) <= ALL_RULES and rules == sorted(set(rules)), p.id
         if not p.draft_orders:
             assert p.expected["order-select"] == [], p.id
+        assert p.expected["encounter-start"] == p.expected["patient-view"], p.id  # the same record review
+        if not p.appointments:
+            assert p.expected["appointment-book"] == [], p.id
         assert p.description and len(p.description) > 40, p.id
     for name in DISTRACTORS:
         assert by_scenario(cohort, name).expected == {hook: [] for hook in HOOKS}, name
+
+
+def test_the_cohort_books_at_least_one_session_as_an_appointment(cohort: Cohort) -> None:
+    booked = [p for p in cohort.patients if p.appointments]
+    assert booked and any(p.expected["appointment-book"] for p in booked)
+    for p in booked:
+        appointments = [r for r in p.appointments if r["resourceType"] == "Appointment"]
+        assert appointments and all(a["status"] == "proposed" for a in appointments), p.id
+        linked = {ref["reference"] for a in appointments for ref in a["supportingInformation"]}
+        assert linked <= {f"MedicationRequest/{r['id']}" for r in p.appointments if r["resourceType"] != "Appointment"}
 
 
 def test_every_rule_is_exercised(cohort: Cohort) -> None:
@@ -233,6 +247,12 @@ def test_manifest_matches_the_files(tmp_path: Path, cohort: Cohort) -> None:
             listed.add(entry["files"]["drafts"])
         else:
             assert entry["files"]["drafts"] is None
+        if patient.appointments:
+            booked = json.loads((tmp_path / entry["files"]["appointments"]).read_text())
+            assert [e["resource"] for e in booked["entry"]] == patient.appointments
+            listed.add(entry["files"]["appointments"])
+        else:
+            assert entry["files"]["appointments"] is None
     assert {p.name for p in tmp_path.iterdir()} == listed
 
 

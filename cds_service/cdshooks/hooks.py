@@ -31,9 +31,11 @@ __all__ = [
 ]
 
 ContextType = Literal["string", "array", "object"]
-#: Which draft orders of ``context.draftOrders`` a hook evaluates: none (not an order hook), the selected
-#: ones (order-select: the others were judged when they were selected), or all (order-sign).
-DraftPolicy = Literal["none", "selected", "all"]
+#: What a hook evaluates as planned exposure: nothing (patient-view, encounter-start), the selected draft
+#: orders of ``context.draftOrders`` (order-select: the others were judged when they were selected), all of
+#: them (order-sign), or the sessions the proposed Appointments of ``context.appointments`` book
+#: (appointment-book: see ``decision/appointments.py``).
+DraftPolicy = Literal["none", "selected", "all", "appointments"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +77,18 @@ class HookDefinition:
 
     @property
     def order_hook(self) -> bool:
-        """True when the hook carries draft orders that rules may judge."""
+        """True when the hook carries draft orders (``context.draftOrders``) that rules may judge."""
+        return self.drafts in ("selected", "all")
+
+    @property
+    def plans_exposure(self) -> bool:
+        """True when the call is about a session still to come (a draft order or a booked appointment)."""
         return self.drafts != "none"
+
+    @property
+    def bundle_field(self) -> str | None:
+        """The context field whose Bundle holds what the call is about: draftOrders, appointments or none."""
+        return {"selected": "draftOrders", "all": "draftOrders", "appointments": "appointments"}.get(self.drafts)
 
     @property
     def service(self) -> Service:
@@ -147,6 +159,14 @@ _SELECTIONS = ContextField(
     "Type/id references of the newly selected orders; each points into draftOrders.",
 )
 
+_APPOINTMENTS = ContextField(
+    "appointments",
+    "object",
+    True,
+    False,
+    "Bundle of FHIR Appointment resources in 'proposed' state, being booked.",
+)
+
 HOOKS: Mapping[str, HookDefinition] = MappingProxyType(
     {
         "patient-view": HookDefinition(
@@ -185,6 +205,32 @@ HOOKS: Mapping[str, HookDefinition] = MappingProxyType(
             service_description="Checks ketamine or esketamine orders about to be signed against signs of "
             "bladder injury.",
         ),
+        "appointment-book": HookDefinition(
+            id="appointment-book",
+            description="The user is scheduling one or more future encounters/visits for the patient.",
+            hook_version="1.0",
+            specification_version="1.0",
+            maturity=1,
+            fields=(_user((*_CLINICIAN, "Patient", "RelatedPerson")), _PATIENT, _ENCOUNTER, _APPOINTMENTS),
+            drafts="appointments",
+            service_title="Ketamine bladder injury: session booking",
+            service_description="Checks the interval and the urine and symptom monitoring due at the date of a "
+            "ketamine or esketamine session being booked.",
+        ),
+        "encounter-start": HookDefinition(
+            id="encounter-start",
+            description="The user is initiating a new encounter (the infusion visit begins).",
+            hook_version="1.0",
+            specification_version="1.0",
+            maturity=1,
+            fields=(_user(_CLINICIAN), _PATIENT,
+                    ContextField("encounterId", "string", True, True,
+                                 "The FHIR Encounter.id of the Encounter being started.")),
+            drafts="none",
+            service_title="Ketamine bladder injury: visit start",
+            service_description="At the start of a visit, warns when the record shows ketamine exposure "
+            "together with signs of bladder injury (the checks of record review).",
+        ),
     }
 )
 
@@ -212,7 +258,7 @@ def drafts_to_evaluate(
     """
     definition = HOOKS.get(hook)
     policy = definition.drafts if definition is not None else "none"
-    if policy == "none":
+    if policy in ("none", "appointments"):  # appointments book sessions of orders: decision/appointments.py
         return []
     if policy == "all" or selections is None:
         return list(drafts)

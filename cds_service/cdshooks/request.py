@@ -83,7 +83,8 @@ class FhirAuthorization:
 class HookRequest:
     """A validated hook invocation.
 
-    ``draft_orders`` are the resources of ``context.draftOrders`` (order hooks only, else empty) and
+    ``draft_orders`` are the resources of ``context.draftOrders`` (order hooks) or of ``context.appointments``
+    (appointment-book: the proposed Appointments and any resources sent with them), else empty; and
     ``selections`` the ``Type/id`` strings of ``context.selections`` (order-select only, else empty).
     ``prefetch`` is None when the client sent none; a key mapping to None means "no data" (P4).
     """
@@ -218,9 +219,9 @@ def _check_context_field_type(definition: HookDefinition, name: str, value: obje
         raise RequestError(path, f"expected a FHIR {resource} id (1-64 of A-Z a-z 0-9 - .)")
 
 
-def _parse_draft_orders(value: object) -> tuple[list[dict[str, Any]], list[str | None]]:
-    """Return the resources of the draftOrders Bundle and each entry's fullUrl (for selections)."""
-    path = "context.draftOrders"
+def _parse_context_bundle(value: object, name: str) -> tuple[list[dict[str, Any]], list[str | None]]:
+    """Return the resources of a context Bundle (draftOrders, appointments) and each entry's fullUrl."""
+    path = f"context.{name}"
     bundle = _object(value, path, "a FHIR Bundle object")
     if bundle.get("resourceType") != "Bundle":
         raise RequestError(f"{path}.resourceType", "expected 'Bundle'")
@@ -239,9 +240,14 @@ def _parse_draft_orders(value: object) -> tuple[list[dict[str, Any]], list[str |
         rid = resource.get("id")
         if rid is not None and (not isinstance(rid, str) or not _FHIR_ID.match(rid)):
             raise RequestError(f"{epath}.resource.id", "expected a FHIR id")
+        if name == "appointments" and rtype == "Appointment" and resource.get("status") != "proposed":
+            # appointment-book (CDS Hooks Library): "a FHIR Bundle of Appointments in 'proposed' state"
+            raise RequestError(f"{epath}.resource.status", "expected 'proposed' (an appointment being booked)")
         full_url = entry.get("fullUrl")
         resources.append(resource)
         full_urls.append(full_url if isinstance(full_url, str) else None)
+    if name == "appointments" and not any(r.get("resourceType") == "Appointment" for r in resources):
+        raise RequestError(f"{path}.entry", "expected at least one Appointment")
     return resources, full_urls
 
 
@@ -320,9 +326,10 @@ def parse_hook_request(
     draft_orders: list[dict[str, Any]] = []
     selections: list[str] = []
     full_urls: list[str | None] = []
-    if definition is not None and definition.field("draftOrders") is not None:
-        draft_orders, full_urls = _parse_draft_orders(context["draftOrders"])
-        if definition.field("selections") is not None:
+    bundle_field = definition.bundle_field if definition is not None else None
+    if bundle_field is not None:
+        draft_orders, full_urls = _parse_context_bundle(context[bundle_field], bundle_field)
+        if definition is not None and definition.field("selections") is not None:
             selections = _parse_selections(context["selections"], draft_orders, full_urls)
 
     fhir_server = request.get("fhirServer")

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cds_service.cdshooks.hooks import drafts_to_evaluate
+from cds_service.cdshooks.hooks import HOOKS, drafts_to_evaluate
 from cds_service.clinical.record import PatientRecord
+from cds_service.decision.appointments import booked_sessions
 from cds_service.decision.catalog import resource_type_of
 from cds_service.engine.cards import EXT, CardSettings, build_cards
 from cds_service.engine.evaluate import SUPPRESSED, Evaluation, evaluate
@@ -114,7 +115,8 @@ def decide(
     """Decide one hook call from data already in hand.
 
     *resources* are the patient's FHIR resources as JSON (invalid ones are skipped and reported, their
-    type counted as incomplete); *drafts* the ``context.draftOrders`` resources, of which the hook table
+    type counted as incomplete); *drafts* the ``context.draftOrders`` resources (appointment-book: the
+    ``context.appointments`` resources, whose booked sessions are judged), of which the hook table
     picks those the hook evaluates (*selections*/*draft_urls*: see ``drafts_to_evaluate``; None selects
     every draft). *missing* maps data (prefetch keys, ``medications``) that could not be obtained to why:
     rules reading it are undecided rather than silent, and the cards say what was missing. *hold_back*
@@ -123,7 +125,12 @@ def decide(
     """
     missing = dict(missing or {})
     valid, skipped = parse_resources(resources)
-    chosen, skipped_drafts = parse_resources(drafts_to_evaluate(hook, drafts, selections, draft_urls))
+    definition = HOOKS.get(hook)
+    if definition is not None and definition.drafts == "appointments":  # the sessions being booked
+        planned = booked_sessions(drafts, resources)
+    else:
+        planned = drafts_to_evaluate(hook, drafts, selections, draft_urls)
+    chosen, skipped_drafts = parse_resources(planned)
     skipped = skipped + skipped_drafts
     unavailable: dict[str, str] = {}
     for key, why in missing.items():

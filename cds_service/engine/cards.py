@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cds_service.clinical import exposure as ex
+from cds_service.clinical.booking import booking_of
 from cds_service.engine.context import RuleContext
 from cds_service.engine.display import display, exposure_phrase
 from cds_service.engine.evaluate import Evaluation, RuleResult
@@ -36,7 +37,7 @@ class CardSettings:
 
 
 def template_context(result: RuleResult) -> dict[str, Any]:
-    """Variables a card template sees: rule, params, cond (values), holds (truths), course, tier."""
+    """Variables a card template sees: rule, params, cond (values), holds (truths), course, tier, hook."""
     rule = result.rule
     ctx = result.context
     return {
@@ -46,6 +47,7 @@ def template_context(result: RuleResult) -> dict[str, Any]:
         "holds": {name: o.truth is Truth.TRUE for name, o in result.conditions.items()},
         "course": course_facts(ctx) if ctx is not None else dict(_NO_COURSE),
         "tier": result.fired.indicator if result.fired else "",
+        "hook": ctx.hook if ctx is not None else "",
     }
 
 
@@ -393,6 +395,12 @@ def _suggestion(
         record = result.context.record if result.context else None
         drafts = record.draft_matches(result.rule.data[action.draft].valueset) if record and action.draft else []
         for ref, draft, _ in drafts:
+            booking = booking_of(draft)
+            if booking is not None:  # a session being booked: cancel the booking, never the standing order
+                if action.type == "delete" and not any(a.get("resourceId") == booking for a in actions):
+                    actions.append({"type": "delete", "resourceId": booking,
+                                    "description": "Do not book this appointment (the proposed session)"})
+                continue
             if action.type == "delete":
                 actions.append({"type": "delete", "description": action.description, "resourceId": ref})
             else:

@@ -71,7 +71,7 @@ from cds_service.engine.schema import load_schema
 from cds_service.engine.yamlpos import Located, Path_, Problem, YamlError, load_file
 
 OVERRIDE_SYSTEM = "https://kbladder-cds.org/fhir/CodeSystem/override-reason"
-TEMPLATE_NAMES = frozenset({"rule", "params", "cond", "holds", "course", "tier"})
+TEMPLATE_NAMES = frozenset({"rule", "params", "cond", "holds", "course", "tier", "hook"})
 RULE_FILE_SUFFIXES = (".yaml", ".yml")
 
 

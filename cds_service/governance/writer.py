@@ -29,6 +29,9 @@ T = TypeVar("T")
 
 __all__ = ["BackgroundWriter", "WriterStats"]
 
+#: How long close() keeps retrying a sink that is failing when it is called (shutdown during an outage).
+CLOSE_WHILE_FAILING_S = 2.0
+
 
 @dataclass(frozen=True, slots=True)
 class WriterStats:
@@ -117,6 +120,8 @@ class BackgroundWriter(Generic[T]):
         """Stop accepting, write what was accepted, stop the thread. Idempotent; True when nothing was lost."""
         with self._cond:
             self._closing = True
+            if self._failing:  # the sink is down now: one more try, not a shutdown held for the full timeout
+                timeout_s = min(timeout_s, CLOSE_WHILE_FAILING_S)
             self._close_deadline = min(self._close_deadline, time.monotonic() + timeout_s)
             self._cond.notify_all()
         self._thread.join(timeout_s + 1.0)

@@ -61,6 +61,7 @@ class PatientBuilder:
         self.rng = rng
         self.resources: list[dict[str, Any]] = []
         self.drafts: list[dict[str, Any]] = []
+        self.appointments: list[dict[str, Any]] = []  # context.appointments of appointment-book
         self.gender = "unknown"
         self._counter: Counter[str] = Counter()
 
@@ -394,6 +395,24 @@ class PatientBuilder:
         resource = self.request(med, status="draft", start=start, **kwargs)
         self.drafts.append(resource)
         return resource
+
+    def book(self, order: dict[str, Any], start: datetime, *, minutes: int) -> dict[str, Any]:
+        """A proposed Appointment booking a session of *order* at *start* (appointment-book), linked by
+        ``supportingInformation``; the order travels with it in ``context.appointments``."""
+        booked = sum(1 for a in self.appointments if a["resourceType"] == "Appointment")
+        appointment = {
+            "resourceType": "Appointment",
+            "id": f"{self.pid}-appointment-{booked + 1}",
+            "status": "proposed",
+            "description": "Ketamine infusion session",
+            "start": iso(start),
+            "end": iso(start + timedelta(minutes=minutes)),
+            "minutesDuration": minutes,
+            "supportingInformation": [{"reference": f"MedicationRequest/{order['id']}"}],
+            "participant": [{"actor": self.subject(), "status": "accepted"}],
+        }
+        self.appointments.extend([appointment, order])
+        return appointment
 
     def contained_medication(self, med: str, strength: tuple[float, str, float, str]) -> dict[str, Any]:
         n_val, n_unit, d_val, d_unit = strength

@@ -15,7 +15,7 @@ from cds_service.synth import shapes  # noqa: F401  (registers the issue-16 reco
 from cds_service.synth.background import Background, load_backgrounds, overlay
 from cds_service.synth.builder import PatientBuilder, iso
 from cds_service.synth.codes import ALL_RULES, PATIENT_VIEW_RULES
-from cds_service.synth.scenarios import SCENARIOS
+from cds_service.synth.scenarios import SCENARIOS, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,27 @@ class SyntheticPatient:
     draft_orders: list[dict[str, Any]]
     expected: dict[str, list[str]]
     background: str | None = None  # anonymous label of the overlaid background record, if any
+    #: context.appointments of appointment-book: proposed Appointments and the orders they book.
+    appointments: list[dict[str, Any]] = field(default_factory=list)
+
+    def context_resources(self, hook: str) -> list[dict[str, Any]]:
+        """What *hook*'s context Bundle carries for this patient: draft orders, appointments, or nothing."""
+        return context_resources(hook, self.draft_orders, self.appointments)
+
+
+def context_resources(hook: str, drafts: list[dict[str, Any]], appointments: list[dict[str, Any]]
+                      ) -> list[dict[str, Any]]:
+    """The resources of *hook*'s context Bundle (``draftOrders`` or ``appointments``; none for the others)."""
+    field_name = HOOKS[hook].bundle_field
+    return list(drafts) if field_name == "draftOrders" else list(appointments) if field_name else []
+
+
+def expected_cards(hook: str, outcome: Outcome) -> list[str]:
+    """The scenario's expectation for *hook*: order hooks, appointment-book, or the record review."""
+    definition = HOOKS[hook]
+    if definition.drafts == "appointments":
+        return sorted(outcome.booking)
+    return sorted(outcome.orders if definition.order_hook else outcome.patient_view)
 
 
 @dataclass(slots=True)
@@ -87,6 +108,8 @@ def generate_cohort(
         outcome = build(builder)
         if builder.drafts == [] and outcome.orders:
             raise ValueError(f"{name}: order-hook expectations without a draft order")
+        if builder.appointments == [] and outcome.booking:
+            raise ValueError(f"{name}: appointment-book expectations without a booked appointment")
         unknown = set(outcome.patient_view) | set(outcome.orders)
         if not unknown <= ALL_RULES or not set(outcome.patient_view) <= PATIENT_VIEW_RULES:
             raise ValueError(f"{name}: unknown rule or a rule that does not run on patient-view")
@@ -107,11 +130,9 @@ def generate_cohort(
                 description=outcome.description,
                 bundle=builder.bundle(),
                 draft_orders=builder.drafts,
-                expected={  # order hooks judge the drafts; the others see the record only
-                    hook: sorted(outcome.orders if definition.order_hook else outcome.patient_view)
-                    for hook, definition in HOOKS.items()
-                },
+                expected={hook: expected_cards(hook, outcome) for hook in HOOKS},
                 background=label,
+                appointments=builder.appointments,
             )
         )
     return cohort
@@ -131,6 +152,16 @@ def drafts_bundle(patient: SyntheticPatient) -> dict[str, Any]:
     }
 
 
+def appointments_bundle(patient: SyntheticPatient) -> dict[str, Any]:
+    """Proposed Appointments (and the orders they book) as a collection Bundle: ``context.appointments``."""
+    return {
+        "resourceType": "Bundle",
+        "id": f"{patient.id}-appointments",
+        "type": "collection",
+        "entry": [{"resource": resource} for resource in patient.appointments],
+    }
+
+
 def manifest(cohort: Cohort) -> dict[str, Any]:
     return {
         "generator": "cds_service.synth",
@@ -143,7 +174,8 @@ def manifest(cohort: Cohort) -> dict[str, Any]:
                 "id": p.id,
                 "scenario": p.scenario,
                 "description": p.description,
-                "files": {"bundle": f"{p.id}.json", "drafts": f"{p.id}.drafts.json" if p.draft_orders else None},
+                "files": {"bundle": f"{p.id}.json", "drafts": f"{p.id}.drafts.json" if p.draft_orders else None,
+                          "appointments": f"{p.id}.appointments.json" if p.appointments else None},
                 "background": p.background,
                 "expected": p.expected,
             }
@@ -153,13 +185,16 @@ def manifest(cohort: Cohort) -> dict[str, Any]:
 
 
 def write_cohort(cohort: Cohort, out_dir: Path) -> dict[str, Any]:
-    """Write ``<id>.json`` (transaction Bundle), ``<id>.drafts.json`` and ``manifest.json``; returns the manifest."""
+    """Write ``<id>.json`` (transaction Bundle), ``<id>.drafts.json``, ``<id>.appointments.json`` and
+    ``manifest.json``; returns the manifest."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for patient in cohort.patients:
         (out_dir / f"{patient.id}.json").write_bytes(_dump(patient.bundle))
         if patient.draft_orders:
             (out_dir / f"{patient.id}.drafts.json").write_bytes(_dump(drafts_bundle(patient)))
+        if patient.appointments:
+            (out_dir / f"{patient.id}.appointments.json").write_bytes(_dump(appointments_bundle(patient)))
     data = manifest(cohort)
     (out_dir / MANIFEST).write_bytes(_dump(data))
     return data

@@ -11,6 +11,8 @@ Conventions used for the expectations:
 - ``patient_view`` lists only KB-02/03/07/08/11/12 (the rules that run on patient-view).
 - ``orders`` is the expectation for both order-select and order-sign, replayed with the
   patient's ``draft_orders``; a patient with no draft orders expects nothing on order hooks.
+- ``booking`` is the expectation at appointment-book, for a patient whose draft session is also
+  booked as a proposed Appointment (``appointments``); encounter-start expects ``patient_view``.
 - KB-06/KB-13 info cards are listed only when no warning/critical urinary card fires
   (clinical.md §2.1 precedence).
 """
@@ -46,6 +48,9 @@ class Outcome:
     description: str
     patient_view: tuple[str, ...] = ()
     orders: tuple[str, ...] = ()
+    #: appointment-book: the rules that fire when the draft's session is booked as an appointment instead
+    #: (only for scenarios that book one: ``PatientBuilder.book``).
+    booking: tuple[str, ...] = ()
 
 
 ScenarioFn = Callable[[PatientBuilder], Outcome]
@@ -395,12 +400,15 @@ def induction_fourth_session_in_week(b: PatientBuilder) -> Outcome:
     negative_ua(b, times[0] - timedelta(days=b.randint(5, 15)))
     for t in times:
         ketamine_iv_session(b, t, 0.5)
-    b.draft("ketamine-10", planned, text="Ketamine 0.5 mg/kg IV over 40 minutes", route="intravenous",
-            dose=qty(0.5, "mg/kg"), duration_h=40 / 60, reason="mdd-recurrent-severe")
+    draft = b.draft("ketamine-10", planned, text="Ketamine 0.5 mg/kg IV over 40 minutes", route="intravenous",
+                    dose=qty(0.5, "mg/kg"), duration_h=40 / 60, reason="mdd-recurrent-severe")
+    b.book(draft, planned, minutes=40)
     return Outcome(
         "Induction started 6 days ago with 3 sessions (every 2 days); the draft would be a 4th session within 7 days "
-        "(> 3 in 7 days), > 24 h after the previous one: KB-05 info on the order hooks.",
+        "(> 3 in 7 days), > 24 h after the previous one: KB-05 info on the order hooks, and at appointment-book "
+        "when the same session is booked as a proposed appointment.",
         orders=("KB-05",),
+        booking=("KB-05",),
     )
 
 

@@ -335,3 +335,9 @@ def rule_schema() -> dict[str, Any]:
         "$defs": {"parameter": PARAMETER, "data": DATA, "condition": condition_schema(), **shared_defs()},
     }
 
+
+def test_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """The hand-written test schema with its ``hook`` enum taken from the hook table (one list of hooks)."""
+    case = schema["properties"]["tests"]["items"]
+    case["properties"]["hook"] = {"enum": list(HOOKS)}
+    return schema
