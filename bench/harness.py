@@ -31,6 +31,7 @@ def app_for(rules_dir: Path = RULES, **overrides: Any) -> Iterator[Flask]:
     *overrides* are further settings (e.g. ``shadow_rules_dir`` for the governance bench)."""
     from cds_service.app import create_app
     from cds_service.config import Settings
+    from cds_service.http.state import EXTENSION
     from cds_service.rules_state import RulesState
     from cds_service.store import Store
     from cds_service.warmup import warm_up
@@ -44,10 +45,12 @@ def app_for(rules_dir: Path = RULES, **overrides: Any) -> Iterator[Flask]:
         # The heavy patient's prefetch is ~8 MB: above the 1 MB default body limit, which a site raises.
         settings = Settings(database_url=url, rules_dir=str(rules_dir), reload_interval_s=0,
                             max_body_bytes=MAX_BODY_BYTES, **overrides)
+        app = create_app(settings, rules_state=rules, store=store, clock=lambda: NOW)
         try:
             # as `kbladder serve` does: one warm-up call, then start-up objects frozen out of the GC
-            yield warm_up(create_app(settings, rules_state=rules, store=store, clock=lambda: NOW))
+            yield warm_up(app)
         finally:
+            app.extensions[EXTENSION].governance.close()  # write the log before its folder goes
             store.dispose()
 
 

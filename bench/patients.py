@@ -10,6 +10,7 @@ import random
 from collections import Counter
 from typing import Any
 
+from cds_service.clinical.timeutil import parse_instant
 from cds_service.demo import DemoPatient
 from cds_service.synth import DEFAULT_NOW
 from cds_service.synth.builder import PatientBuilder
@@ -84,7 +85,11 @@ def heavy() -> DemoPatient:
 
 
 def _patient(b: PatientBuilder) -> DemoPatient:
-    return DemoPatient(b.pid, "bench", list(b.resources), list(b.drafts), {})
+    """The patient, with its draft session also booked as a proposed appointment (appointment-book)."""
+    for draft in b.drafts:
+        start = draft["dosageInstruction"][0]["timing"]["repeat"]["boundsPeriod"]["start"]
+        b.book(draft, parse_instant(start), minutes=40)
+    return DemoPatient(b.pid, "bench", list(b.resources), list(b.drafts), {}, list(b.appointments))
 
 
 def counts(patient: DemoPatient) -> dict[str, int]:

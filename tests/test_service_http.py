@@ -113,13 +113,13 @@ def only_card(response: requests.Response) -> dict[str, Any]:
 # -- discovery ----------------------------------------------------------------------------------------------
 
 
-def test_discovery_lists_three_services_with_valid_prefetch(service: Service) -> None:
+def test_discovery_lists_a_service_per_hook_with_valid_prefetch(service: Service) -> None:
     response = requests.get(f"{service.url}/cds-services", timeout=10)
     assert response.status_code == 200
     body = response.json()
     assert discovery_problems(body) == []
     by_id = {s["id"]: s for s in body["services"]}
-    assert set(by_id) == {PV, OSEL, OSIGN}
+    assert set(by_id) == {PV, OSEL, OSIGN, "kbladder-encounter-start", "kbladder-appointment-book"} == set(SERVICES)
     for sid, svc in by_id.items():
         assert svc["hook"] == SERVICES[sid].hook
         assert svc["title"] and svc["description"] and svc["usageRequirements"]
@@ -135,7 +135,10 @@ def test_discovery_lists_three_services_with_valid_prefetch(service: Service) ->
                 f"{rtype}?patient={{{{context.patientId}}}}&_include={rtype}:medication&_count=1000")
         assert "http://loinc.org|5794-3" in templates["observation"]
         assert "_count=1000" in templates["observation"]
-        assert "http://hl7.org/fhir/sid/icd-10-cm|R31.0" in templates["condition"]
+        if svc["hook"] != "appointment-book":  # KB-05 and KB-15 read no diagnosis
+            assert "http://hl7.org/fhir/sid/icd-10-cm|R31.0" in templates["condition"]
+        else:
+            assert "condition" not in templates
 
 
 # -- hooks ----------------------------------------------------------------------------------------------------
