@@ -238,8 +238,8 @@ class PatientRecord:
         """
         sentences = []
         for valueset in valuesets:
-            given = [s for s in self.sessions(valueset, weight_valueset, now, planned=False)
-                     if s.kind == "administration"]
+            # planned=True: the rules' own (cached) sessions; planned ones are filtered out by kind anyway
+            given = [s for s in self.sessions(valueset, weight_valueset, now) if s.kind == "administration"]
             undosed = [s for s in given if s.dose.missing]
             if undosed:
                 reasons = sorted({s.dose.how for s in undosed})

@@ -64,7 +64,7 @@ def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: da
     # Follow-up reads (the orders administrations carry out, then the Medications events and orders name)
     # take what is left of the call's ONE budget, and read references from checked resources only
     # (decide() reports the skipped ones).
-    valid, _ = parse_resources(gathered.resources)
+    valid, skipped = parse_resources(gathered.resources)
     orders = resolve_orders(
         valid,
         fhir_server=request.fhir_server,
@@ -73,7 +73,7 @@ def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: da
         allow_unauthenticated_fhir=settings.allow_unauthenticated_fhir,
         budget=budget,
     )
-    checked_orders, _ = parse_resources(orders.resources)
+    checked_orders, skipped_orders = parse_resources(orders.resources)
     medications = resolve_medications(
         valid + checked_orders,
         fhir_server=request.fhir_server,
@@ -82,6 +82,7 @@ def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: da
         allow_unauthenticated_fhir=settings.allow_unauthenticated_fhir,
         budget=budget,
     )
+    checked_medications, skipped_medications = parse_resources(medications.resources)
     missing = dict(gathered.missing)
     if orders.missing:
         missing[ORDER_KEY] = orders.missing
@@ -100,6 +101,7 @@ def run_hook(request: HookRequest, ruleset: RuleSet, settings: Settings, now: da
         card_settings=CardSettings(source_label=settings.source_label),
         max_cards=settings.max_cards,
         hold_back=hold_back,
+        checked=(valid + checked_orders + checked_medications, skipped + skipped_orders + skipped_medications),
     )
     if decision.skipped:
         log.warning(

@@ -111,6 +111,7 @@ def decide(
     max_cards: int | None = None,
     new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
     hold_back: Callable[[Evaluation], dict[str, str]] | None = None,
+    checked: tuple[Sequence[dict[str, Any]], Sequence[ParseProblem]] | None = None,
 ) -> Decision:
     """Decide one hook call from data already in hand.
 
@@ -124,7 +125,9 @@ def decide(
     suppressed, never shown.
     """
     missing = dict(missing or {})
-    valid, skipped = parse_resources(resources)
+    # *checked*: the caller already split *resources* into valid ones and problems (the service does, to
+    # follow references from valid resources only); checking twice cost a digest per resource per call.
+    valid, skipped = (list(checked[0]), list(checked[1])) if checked is not None else parse_resources(resources)
     definition = HOOKS.get(hook)
     if definition is not None and definition.drafts == "appointments":  # the sessions being booked
         planned = booked_sessions(drafts, resources)
