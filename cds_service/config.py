@@ -179,6 +179,10 @@ class Settings:
     reload_requires_tests: bool = True
     #: Decision log: one row per rule per hook call (PHI-free), written off the request path.
     decision_log: bool = True
+    #: /readyz fails while the store is unreachable (one replica's database is down). Turn off when every
+    #: replica shares ONE database: an outage would take them all out of rotation, and hook calls are still
+    #: answered without the store (store/outage.py); /healthz still says `degraded`.
+    readiness_requires_store: bool = True
     #: Days the decision log, the card issue log and expired snoozes are kept (pruned in the background).
     retention_days: int = 400
     #: Records the background writer holds before it starts dropping (and counting) them.

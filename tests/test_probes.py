@@ -76,6 +76,22 @@ def test_readyz_is_503_while_the_store_is_unreachable(rules: RulesState, tmp_pat
     assert back.status_code == 200
 
 
+def test_readyz_can_keep_replicas_that_share_one_database_in_rotation(rules: RulesState, tmp_path: Path) -> None:
+    """readiness_requires_store: false — every replica shares one database; its outage must not take them
+    all out of the load balancer, since hook calls are answered without it (store/outage.py)."""
+    with replica(rules, tmp_path, readiness_requires_store=False) as (url, store):
+        store.dispose()
+        reachable = store.engine
+        store.engine = create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none",
+                                     connect_args={"connect_timeout": 1})
+        down = requests.get(f"{url}/readyz", timeout=10)
+        health = requests.get(f"{url}/healthz", timeout=10)
+        store.engine = reachable
+    assert down.status_code == 200
+    assert down.json()["checks"]["store"] == {"ok": True, "reachable": False, "required": False}
+    assert health.json()["status"] == "degraded"
+
+
 def test_readyz_holds_a_replica_back_whose_rules_are_not_the_pinned_version(rules: RulesState,
                                                                           tmp_path: Path) -> None:
     version = rules.ruleset.version

@@ -33,7 +33,9 @@ def readiness(ctx: ServiceContext) -> dict[str, Any]:
     version = ruleset.version if ruleset else None
     checks: dict[str, Any] = {"rules": {"ok": ruleset is not None, "version": version}}
     if ctx.store is not None:
-        checks["store"] = {"ok": bool(ctx.store.ping())}
+        reachable = bool(ctx.store.ping())
+        checks["store"] = {"ok": reachable} if ctx.settings.readiness_requires_store else \
+            {"ok": True, "reachable": reachable, "required": False}
     pinned = ctx.settings.pinned_rules_version
     if pinned:
         checks["pinnedRulesVersion"] = {"ok": version == pinned, "expected": pinned, "actual": version}
