@@ -107,7 +107,8 @@ def _load_json_or_shorthand(path: Path, now: Any, *, draft: bool) -> tuple[list[
 @click.option("--hook", required=True, type=HOOK_CHOICE)
 @click.option("--now", help="Evaluation time (ISO 8601); default: the file's now, else the current time.")
 @click.option("--draft", "draft_file", type=click.Path(exists=True, path_type=Path),
-              help="Draft orders: FHIR JSON (Bundle or MedicationRequest) or shorthand YAML with drafts:.")
+              help="Draft orders (order hooks) or the booking (appointment-book: proposed Appointments and the "
+                   "orders they book): FHIR JSON (Bundle or resource) or shorthand YAML with drafts:.")
 @click.option("--select", "selections", multiple=True, metavar="Type/id",
               help="order-select: the selected draft (repeatable), as context.selections; default: every draft.")
 @click.option("--rules", "rules_dir", type=click.Path(path_type=Path), default=DEFAULT_RULES, show_default=True)

@@ -339,3 +339,25 @@ def test_missing_patient_file_is_a_usage_error(ran: dict[str, Ran]) -> None:
     result = ran["no_patient_file"]
     assert result.code == 2, result
     assert "does not exist" in result.err
+
+
+def test_explain_appointment_book_judges_the_booked_session(tmp_path: Path) -> None:
+    """explain decides appointment-book as the service does: the booking's session at its start."""
+    from click.testing import CliRunner
+
+    from cds_service.cli import main
+
+    patient = tmp_path / "patient.yaml"
+    patient.write_text("now: 2026-06-01T09:00:00Z\ndata:\n"
+                       "  - MedicationAdministration: {medication: SNOMED#781954001, dose: 35 mg, at: -4h}\n"
+                       "  - MedicationRequest: {id: course, medication: SNOMED#781954001, dose: 35 mg, status: active,"
+                       " authored: -30d}\n")
+    booking = tmp_path / "booking.yaml"
+    booking.write_text("now: 2026-06-01T09:00:00Z\ndrafts:\n"
+                       "  - {resourceType: Appointment, id: next, status: proposed, start: +16h,"
+                       " supportingInformation: [{reference: MedicationRequest/course}],"
+                       " participant: [{actor: {reference: Patient/test-patient}, status: accepted}]}\n")
+    result = CliRunner().invoke(main, ["rules", "explain", "--patient", str(patient), "--hook", "appointment-book",
+                                       "--draft", str(booking)])
+    assert result.exit_code == 0, result.output
+    assert "[info] Ketamine booked 20 h after the last session: confirm the interval" in result.output
