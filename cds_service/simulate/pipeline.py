@@ -5,7 +5,8 @@ patients with ketamine or esketamine exposure — usually a small share of a hea
 files of every type the rules read, keeps only those patients' resources and routes each to one of B
 buckets by a stable hash of the patient id — partitioned by patient, no full shuffle: each input
 partition writes each bucket its share as a file (a map-reduce shuffle on disk), so no task ever holds more
-than one input partition or one bucket, whatever the size of the export. Each bucket becomes a partition of
+than one input partition or one bucket (the driver's own memory still grows with the export: see
+docs/performance.md, 10,000 patients). Each bucket becomes a partition of
 a Dask bag of patient records, which maps onto the pure replay.
 
 The same graph runs on the synchronous scheduler (``client=None``), a local cluster or a remote one
