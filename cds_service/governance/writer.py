@@ -69,7 +69,6 @@ class BackgroundWriter(Generic[T]):
         self._cond = threading.Condition()
         self._in_flight: list[T] = []
         self._accepted = self._written = self._dropped = self._failed = self._delayed = self._batches = 0
-        self._head_delayed = 0  # records at the head of the queue already counted as delayed
         self._failing = False
         self._closing = False
         self._close_deadline = float("inf")
@@ -167,7 +166,9 @@ class BackgroundWriter(Generic[T]):
                 if error is None:
                     self._done(batch, written=True)
                     break
-                self._count_delayed(len(batch))
+                if attempts == 1:  # a batch is retried in place: count its records once
+                    with self._cond:
+                        self._delayed += len(batch)
                 if self.retries is not None and attempts >= self.retries:
                     self._done(batch, written=False)
                     break
@@ -200,16 +201,10 @@ class BackgroundWriter(Generic[T]):
                 self._on_recovery()
         return None
 
-    def _count_delayed(self, size: int) -> None:
-        with self._cond:
-            self._delayed += max(0, size - self._head_delayed)
-            self._head_delayed = max(self._head_delayed, size)
-
     def _done(self, batch: list[T], *, written: bool) -> None:
         with self._cond:
             self._in_flight = []
             self._batches += 1
-            self._head_delayed = max(0, self._head_delayed - len(batch))
             if written:
                 self._written += len(batch)
             else:

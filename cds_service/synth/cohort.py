@@ -144,22 +144,17 @@ def _dump(data: Any) -> bytes:
 
 def drafts_bundle(patient: SyntheticPatient) -> dict[str, Any]:
     """Draft orders as a collection Bundle, the shape of CDS Hooks ``context.draftOrders``."""
-    return {
-        "resourceType": "Bundle",
-        "id": f"{patient.id}-drafts",
-        "type": "collection",
-        "entry": [{"resource": draft} for draft in patient.draft_orders],
-    }
+    return _collection(f"{patient.id}-drafts", patient.draft_orders)
 
 
 def appointments_bundle(patient: SyntheticPatient) -> dict[str, Any]:
     """Proposed Appointments (and the orders they book) as a collection Bundle: ``context.appointments``."""
-    return {
-        "resourceType": "Bundle",
-        "id": f"{patient.id}-appointments",
-        "type": "collection",
-        "entry": [{"resource": resource} for resource in patient.appointments],
-    }
+    return _collection(f"{patient.id}-appointments", patient.appointments)
+
+
+def _collection(bundle_id: str, resources: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "id": bundle_id, "type": "collection",
+            "entry": [{"resource": resource} for resource in resources]}
 
 
 def manifest(cohort: Cohort) -> dict[str, Any]:
