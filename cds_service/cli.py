@@ -141,7 +141,7 @@ def explain_cmd(patient_file: Path, hook: str, now: str | None, draft_file: Path
     if selections and HOOKS[hook].drafts != "selected":
         raise click.UsageError(f"--select is for a hook with selections; {hook} has none")
     decision = decide(loaded.ruleset, resources, hook=hook, now=when, drafts=drafts,
-                      selections=list(selections) or None)
+                      selections=list(selections) or None, trace=True)
     cards = decision.cards
     if as_json:
         click.echo(json.dumps({"results": [r.as_json() for r in decision.evaluation.results], "cards": cards,

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rulekit import ESKETAMINE, admin, load, obs, result_of, rule_text, ruleset, run
 
+from cds_service.engine.blocks.filters import Intervals
 from cds_service.engine.evaluate import FIRED, NOT_FIRED, UNDECIDED
 from cds_service.engine.model import RuleSet
 
@@ -146,3 +150,22 @@ def test_near_takes_several_data_keys_of_one_kind(tmp_path: Path) -> None:
     mixed = body.replace("[ketamine, esketamine]", "[ketamine, le]")
     result = load(tmp_path / "mixed", {"T-01.yaml": rule_text(mixed)}, VALUESETS)
     assert result.ruleset is None and any("not both" in p.message for p in result.errors)
+
+
+# ---------------------------------------------------------------- the interval index behind near
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(spans=st.lists(st.tuples(st.integers(0, 60), st.integers(-5, 20)), max_size=12),
+       latest=st.integers(-5, 70), earliest=st.integers(-5, 80), besides=st.integers(-1, 11))
+def test_interval_index_answers_as_pairing_every_partner_does(spans: list[tuple[int, int]], latest: int,
+                                                               earliest: int, besides: int) -> None:
+    """Intervals.reaches (bisect + running latest end) against the quadratic scan it replaced; ends may
+    precede starts (bad data), and the finding being paired never pairs with itself."""
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    day = timedelta(days=1)
+    items = [(base + start * day, base + (start + length) * day, object()) for start, length in spans]
+    skip = items[besides][2] if 0 <= besides < len(items) else None
+    expected = any(start <= base + latest * day and end >= base + earliest * day
+                   for start, end, what in items if what is not skip)
+    assert Intervals(items).reaches(base + latest * day, base + earliest * day, skip) is expected

@@ -85,6 +85,11 @@ class ValueSet:
     substance: str | None = None  # medication sets: which substance they count (doses never mix)
     _text_re: re.Pattern[str] | None = field(default=None, init=False, repr=False)
 
+    def __hash__(self) -> int:
+        """By id: equal sets have equal ids, and blocks that hold a set stay hashable (compiled plans share
+        equal blocks across rules, engine/plan.py)."""
+        return hash(self.id)
+
     def __post_init__(self) -> None:
         if self.text:
             words = "|".join(re.escape(word) for word in self.text)

@@ -112,6 +112,7 @@ def decide(
     new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
     hold_back: Callable[[Evaluation], dict[str, str]] | None = None,
     checked: tuple[Sequence[dict[str, Any]], Sequence[ParseProblem]] | None = None,
+    trace: bool = False,
 ) -> Decision:
     """Decide one hook call from data already in hand.
 
@@ -122,7 +123,8 @@ def decide(
     every draft). *missing* maps data (prefetch keys, ``medications``) that could not be obtained to why:
     rules reading it are undecided rather than silent, and the cards say what was missing. *hold_back*
     (governance, the store behind it) names fired rules whose cards feedback suppressed: they are logged as
-    suppressed, never shown.
+    suppressed, never shown. *trace*: every rule's full trace (``rules explain``); a live call needs only
+    the fired rules' traces, which it always gets.
     """
     missing = dict(missing or {})
     # *checked*: the caller already split *resources* into valid ones and problems (the service does, to
@@ -142,7 +144,7 @@ def decide(
     for problem in skipped:
         unavailable.setdefault(problem.resource_type, f"{problem.resource_type}: malformed resource(s) skipped")
     record = PatientRecord(valid, drafts=chosen, unavailable=unavailable, **ruleset.record_options())
-    evaluation = evaluate(ruleset, record, hook=hook, now=now)
+    evaluation = evaluate(ruleset, record, hook=hook, now=now, trace=trace)
     held = hold_back(evaluation) if hold_back is not None else {}
     for result in evaluation.results:
         if result.rule.id in held and result.shows_card:

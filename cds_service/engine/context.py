@@ -7,6 +7,7 @@ evaluate it once and the trace shows it once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -41,7 +42,7 @@ class RuleContext:
         self.variables: dict[str, Any] = {
             "now": iso(now),
             "hook": hook,
-            **{name: _fhirpath_value(p.value) for name, p in rule.parameters.items()},
+            **{name: fhirpath_value(p.value) for name, p in rule.parameters.items()},
         }
 
     # ------------------------------------------------------------ data
@@ -85,6 +86,13 @@ class RuleContext:
             everything = self.record.findings(data.valueset, data.resources, history=data.history, unit=data.unit)
             found = self._memo[memo] = [f for f in everything
                                         if since is None or (f.time is not None and f.time >= since)]
+        return found
+
+    def memoised(self, key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+        """What a block derives once per call and reuses (``key`` names it; the value is shared, do not mutate)."""
+        found = self._memo.get(key)
+        if found is None:
+            found = self._memo[key] = build()
         return found
 
     def sessions(self, key: str, *, planned: bool = True) -> list[ex.Session]:
@@ -214,7 +222,7 @@ class RuleContext:
         return self.outcomes[name]
 
 
-def _fhirpath_value(value: Any) -> Any:
+def fhirpath_value(value: Any) -> Any:
     if isinstance(value, Quantity | Ordinal):
         return value.value
     if isinstance(value, timedelta):

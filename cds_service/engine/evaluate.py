@@ -8,6 +8,7 @@ when a stronger card fires) comes from the rule files, never from code.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -16,6 +17,7 @@ from cds_service.clinical.record import PatientRecord
 from cds_service.clinical.timeutil import as_utc
 from cds_service.engine.context import RuleContext
 from cds_service.engine.model import SEVERITY, Rule, RuleSet, Tier
+from cds_service.engine.plan import RulePlan, RuleRun, Run, plan_of
 from cds_service.engine.trace import Outcome, Truth
 
 FIRED, NOT_FIRED, UNDECIDED, SKIPPED, SUPPRESSED = "fired", "not fired", "undecided", "skipped", "suppressed"
@@ -75,17 +77,53 @@ class Evaluation:
 
 
 def evaluate_rule(rule: Rule, record: PatientRecord, hook: str, now: datetime) -> RuleResult:
-    """Evaluate one rule: all named conditions (for the trace), then tiers strongest first."""
+    """Evaluate one rule by walking its condition trees: every named condition (for the trace), then the
+    tiers strongest first. The reference semantics: compiled plans (``evaluate``) must give the same answers."""
+    skipped = _skipped(rule, hook)
+    if skipped is not None:
+        return skipped
+    ctx = RuleContext(rule, record, now, hook)
+    for name in rule.conditions:
+        ctx.condition(name)
+    return _verdict(rule, record, ctx, [lambda tier=tier: tier.when.evaluate(ctx) for tier in rule.tiers])
+
+
+def run_rule(plan: RulePlan, record: PatientRecord, hook: str, now: datetime, run: Run, *,
+             trace: bool) -> RuleResult:
+    """Evaluate one rule from its compiled plan; ``trace``: every named condition and every part, as
+    ``evaluate_rule`` does. Without it only what decides the tiers is evaluated, and a rule that fires is
+    traced (its card shows the evidence of every true part)."""
+    rule = plan.rule
+    skipped = _skipped(rule, hook)
+    if skipped is not None:
+        return skipped
+    ctx = RuleContext(rule, record, now, hook)
+    if not trace:
+        fast = RuleRun(plan, ctx, run, trace=False)
+        result = _verdict(rule, record, ctx, [lambda tier=tier: fast.step(tier) for tier in plan.tiers])
+        if result.status != FIRED:
+            return result
+        ctx.outcomes = {}  # short-circuit outcomes are not a trace; the call's slots already hold the leaves
+    steps = RuleRun(plan, ctx, run, trace=True)
+    for name in rule.conditions:
+        steps.condition(name)
+    return _verdict(rule, record, ctx, [lambda tier=tier: steps.step(tier) for tier in plan.tiers])
+
+
+def _skipped(rule: Rule, hook: str) -> RuleResult | None:
     if rule.status == "retired":
         return RuleResult(rule, SKIPPED, "retired")
     if hook not in rule.hooks:
         return RuleResult(rule, SKIPPED, f"does not run on {hook} (runs on {', '.join(rule.hooks)})")
-    ctx = RuleContext(rule, record, now, hook)
-    for name in rule.conditions:
-        ctx.condition(name)
+    return None
+
+
+def _verdict(rule: Rule, record: PatientRecord, ctx: RuleContext,
+             tiers: list[Callable[[], Outcome]]) -> RuleResult:
+    """Tiers strongest first: the first that holds fires; else undecided when missing data could change it."""
     result = RuleResult(rule, NOT_FIRED, conditions=ctx.outcomes, context=ctx)
-    for tier in rule.tiers:
-        outcome = tier.when.evaluate(ctx)
+    for tier, outcome_of in zip(rule.tiers, tiers, strict=True):
+        outcome = outcome_of()
         result.tiers.append(TierTrace(tier.indicator, outcome))
         if outcome.truth is Truth.TRUE:
             result.status, result.fired = FIRED, tier
@@ -136,8 +174,25 @@ def apply_precedence(results: list[RuleResult]) -> None:
                 break
 
 
-def evaluate(ruleset: RuleSet, record: PatientRecord, *, hook: str, now: datetime) -> Evaluation:
-    """Evaluate every rule of the set for one hook call at ``now``."""
+def evaluate(ruleset: RuleSet, record: PatientRecord, *, hook: str, now: datetime,
+             trace: bool = True) -> Evaluation:
+    """Evaluate every rule of the set for one hook call at ``now``, from the rule set's compiled plan.
+
+    ``trace``: every rule's full trace, every named condition with its value (``rules explain``). A live
+    call passes False: fired rules are still traced (their cards show the evidence) and the others carry
+    what decided them — status, reason, missing data — so the answers and cards are the same.
+    """
+    now = as_utc(now)
+    plan = plan_of(ruleset)
+    run = Run(plan)
+    results = [run_rule(rule, record, hook, now, run, trace=trace) for rule in plan.rules]
+    apply_precedence(results)
+    return Evaluation(hook, now, ruleset.version, results)
+
+
+def evaluate_interpreted(ruleset: RuleSet, record: PatientRecord, *, hook: str, now: datetime) -> Evaluation:
+    """The same evaluation by walking the condition trees (no plan): the reference the plans are tested
+    against, and the bench's before."""
     now = as_utc(now)
     results = [evaluate_rule(rule, record, hook, now) for rule in ruleset.rules]
     apply_precedence(results)

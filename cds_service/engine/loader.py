@@ -67,6 +67,7 @@ from cds_service.engine.model import (
     Window,
     digest_of,
 )
+from cds_service.engine.plan import plan_of
 from cds_service.engine.schema import load_schema
 from cds_service.engine.yamlpos import Located, Path_, Problem, YamlError, load_file
 
@@ -895,6 +896,7 @@ def load_ruleset(paths: Sequence[Path | str], *, site: Path | str | None = None)
     ruleset = RuleSet(
         tuple(rules), valuesets, digest_of(chunks), tuple(str(f) for f in files), ordinals, unit_aliases
     )
+    plan_of(ruleset)  # compiled now, not on the first hook call
     return LoadResult(ruleset, problems)
 
 

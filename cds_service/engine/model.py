@@ -222,6 +222,8 @@ class RuleSet:
     sources: tuple[str, ...] = ()
     ordinal_codes: Mapping[tuple[str, str], float] = field(default_factory=dict)
     unit_aliases: UnitAliases = NO_ALIASES  # unit strings labs write, per kind of result (rules/units/)
+    #: What the engine derives from the rule set once and keeps with it (its compiled plan: engine/plan.py).
+    compiled: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def record_options(self) -> dict[str, Any]:
         """What a PatientRecord needs from the rule set to read results: coded grades and lab unit strings."""

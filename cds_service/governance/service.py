@@ -184,7 +184,7 @@ class Governance:
         for job in jobs:
             started = time.perf_counter()
             try:
-                evaluation = evaluate(ruleset, job.record, hook=job.call.hook, now=job.call.now)
+                evaluation = evaluate(ruleset, job.record, hook=job.call.hook, now=job.call.now, trace=False)
             except Exception as exc:  # a broken candidate must never disturb the live service
                 with self._lock:
                     self.counts.shadow_errors += 1

@@ -5,9 +5,9 @@ patients with ketamine or esketamine exposure — usually a small share of a hea
 files of every type the rules read, keeps only those patients' resources and routes each to one of B
 buckets by a stable hash of the patient id — partitioned by patient, no full shuffle: each input
 partition writes each bucket its share as a file (a map-reduce shuffle on disk), so no task ever holds more
-than one input partition or one bucket (the driver's own memory still grows with the export: see
-docs/performance.md, 10,000 patients). Each bucket becomes a partition of
-a Dask bag of patient records, which maps onto the pure replay.
+than one input partition or one bucket. One task per bucket reads its files, replays its patients and
+returns only their compact result rows: the parsed records never become a task result, so no scheduler
+keeps them (memory is bounded by the partition and the bucket, not the export: docs/performance.md).
 
 The same graph runs on the synchronous scheduler (``client=None``), a local cluster or a remote one
 (``Client("tcp://…")``): nothing here knows which.
@@ -22,12 +22,10 @@ import zlib
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import dask
-import dask.bag as db
 import orjson
 from dask.delayed import Delayed, delayed
 
@@ -165,6 +163,18 @@ def group(bucket: int, scratch: str, routed: Sequence[Any]) -> list[tuple[str, L
     return sorted(merged.items())
 
 
+def replay_bucket(bucket: int, scratch: str, routed: Sequence[Any], sources: Sequence[RuleSource],
+                  medications: Mapping[str, Mapping[str, Any]],
+                  plan: Plan) -> list[tuple[PatientReplay, list[LineProblem]]]:
+    """One bucket, read and replayed in one task: only the replays leave it (``routed``: as in ``group``).
+
+    Why one task and not a bag of records mapped onto the replay: a task's result stays in the
+    scheduler's memory until its dependents finish, and for a bag partition that was every parsed record
+    of the bucket — the run's memory then grew with the export.
+    """
+    return [evaluate_record(record, sources, medications, plan) for record in group(bucket, scratch, routed)]
+
+
 def evaluate_record(record: tuple[str, Located], sources: Sequence[RuleSource],
                     medications: Mapping[str, Mapping[str, Any]],
                     plan: Plan) -> tuple[PatientReplay, list[LineProblem]]:
@@ -256,9 +266,9 @@ def run(export: Path, sources: Sequence[RuleSource], rulesets: Sequence[Any], pl
     folder.mkdir(parents=True, exist_ok=True)
     try:
         routed = [delayed(route, pure=True)(part, exposed_ref, buckets, str(folder)) for part in read_parts]
-        records = db.from_delayed([delayed(group, pure=True)(b, str(folder), routed) for b in range(buckets)])
-        evaluated = records.map(partial(evaluate_record, sources=tuple(sources), plan=plan), medications=meds)
-        outcomes, stats = compute((evaluated, routed), client, progress,
+        replayed = [delayed(replay_bucket, pure=True)(b, str(folder), routed, tuple(sources), meds, plan)
+                    for b in range(buckets)]
+        outcomes, stats = compute((replayed, routed), client, progress,
                                   f"pass 2: {len(read_parts)} partition(s) → {buckets} bucket(s) of patients")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -268,9 +278,10 @@ def run(export: Path, sources: Sequence[RuleSource], rulesets: Sequence[Any], pl
         result.problems.extend(stat["problems"])
         result.lines_read += stat["lines"]
         result.patients_in_export += stat["patients"]
-    for replay, problems in outcomes:
-        result.replays.append(replay)
-        result.problems.extend(problems)
+    for bucket in outcomes:
+        for replay, problems in bucket:
+            result.replays.append(replay)
+            result.problems.extend(problems)
     result.replays.sort(key=lambda r: r.patient)
     result.problems = sorted(set(result.problems), key=lambda p: (p.file, p.line, p.message))
     return result

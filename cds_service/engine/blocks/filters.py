@@ -5,6 +5,7 @@ Shared by the finding blocks (count, latest, new); ``where`` nests ``near`` and 
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -139,6 +140,35 @@ class ValueTest:
         return " and ".join(parts)
 
 
+class Intervals:
+    """Time intervals (start, end, what) sorted by start, with the running latest end: "does any interval
+    start by T and end no earlier than E" in O(log n), where pairing every finding with every partner was
+    quadratic in a long record."""
+
+    __slots__ = ("ends", "items", "starts", "what")
+
+    def __init__(self, items: list[tuple[datetime, datetime, Any]]) -> None:
+        self.items = sorted(items, key=lambda item: item[0])
+        self.starts = [start for start, _, _ in self.items]
+        self.ends: list[datetime] = []
+        for _, end, _ in self.items:
+            self.ends.append(end if not self.ends or end > self.ends[-1] else self.ends[-1])
+        self.what = {id(what) for _, _, what in self.items}
+
+    def reaches(self, latest_start: datetime, earliest_end: datetime, besides: Any = None) -> bool:
+        """An interval (other than ``besides``) starting at or before ``latest_start`` and ending at or
+        after ``earliest_end``."""
+        count = bisect.bisect_right(self.starts, latest_start)
+        if not count:
+            return False
+        if id(besides) not in self.what:
+            return self.ends[count - 1] >= earliest_end
+        return any(end >= earliest_end for _, end, what in self.items[:count] if what is not besides)
+
+
+NO_INTERVALS = Intervals([])
+
+
 @dataclass(frozen=True, slots=True)
 class Near:
     """Another finding or session close in time: ``within`` either side of it, or only ``after`` it.
@@ -154,30 +184,24 @@ class Near:
     where: Where | None
     negate: bool = False
 
-    def _close(self, time: datetime, start: datetime, end: datetime) -> bool:
-        if self.after is not None:
-            return start <= time <= end + self.after
-        assert self.within is not None
-        return start - self.within <= time <= end + self.within
-
     def test(self, finding: Finding, ctx: RuleContext) -> tuple[Truth, str | None]:
         names = "/".join(self.data)
         if finding.time is None:
             return Truth.UNKNOWN, f"{finding.ref}: no date to pair with {names}"
+        # Close means: the partner starts no later than ``time + within`` and ends no earlier than
+        # ``time - within`` (``after``: starts no later than ``time``, ends no earlier than ``time - after``).
+        if self.after is not None:
+            latest_start, earliest_end = finding.time, finding.time - self.after
+        else:
+            assert self.within is not None
+            latest_start, earliest_end = finding.time + self.within, finding.time - self.within
         truths: list[Truth] = []
         for key in self.data:
-            data = ctx.data(key)
-            if data.is_medication:
-                hit = any(self._close(finding.time, s.start, s.end) for s in ctx.sessions(key, planned=False))
-                truths.append(Truth.of(hit))
-            else:
-                truths.extend(
-                    self.where.test(other, data, ctx)[0] if self.where else Truth.TRUE
-                    for other in ctx.findings(key)
-                    if other is not finding
-                    and other.time is not None
-                    and self._close(finding.time, other.time, other.end or other.time)
-                )
+            sure, maybe = self._partners(key, ctx)
+            if sure.reaches(latest_start, earliest_end, finding):
+                truths.append(Truth.TRUE)
+            elif maybe.reaches(latest_start, earliest_end, finding):
+                truths.append(Truth.UNKNOWN)
         truth = any_of(truths)
         why = ctx.incomplete(*self.data)
         if why and truth is Truth.FALSE:  # nothing near in the data obtained: the pair may be in what is missing
@@ -186,6 +210,26 @@ class Near:
         if truth is Truth.UNKNOWN:
             note = f"{finding.ref}: undecided whether {names} is near" + (f" ({'; '.join(why)})" if why else "")
         return (not_of(truth) if self.negate else truth), note
+
+    def _partners(self, key: str, ctx: RuleContext) -> tuple[Intervals, Intervals]:
+        """The partners of data ``key`` that pass this near's filter, and those it cannot decide, as
+        intervals (once per call: the filter does not depend on the finding being paired)."""
+
+        def build() -> tuple[Intervals, Intervals]:
+            data = ctx.data(key)
+            if data.is_medication:
+                return Intervals([(s.start, s.end, s) for s in ctx.sessions(key, planned=False)]), NO_INTERVALS
+            sure: list[tuple[datetime, datetime, Any]] = []
+            maybe: list[tuple[datetime, datetime, Any]] = []
+            for other in ctx.findings(key):
+                if other.time is None:
+                    continue
+                truth = self.where.test(other, data, ctx)[0] if self.where else Truth.TRUE
+                if truth is not Truth.FALSE:
+                    (sure if truth is Truth.TRUE else maybe).append((other.time, other.end or other.time, other))
+            return Intervals(sure), Intervals(maybe)
+
+        return ctx.memoised(("near", id(self), key), build)
 
     def describe(self) -> str:
         span = self.after if self.after is not None else self.within

@@ -37,13 +37,7 @@ class Combine:
     items: tuple[Node, ...]
 
     def evaluate(self, ctx: RuleContext) -> Outcome:
-        parts = [item.evaluate(ctx) for item in self.items]
-        truths = [p.truth for p in parts]
-        truth = {"all": all_of, "any": any_of}[self.op](truths) if self.op != "not" else not_of(truths[0])
-        chosen = [p for p in parts if p.truth is Truth.TRUE] if self.op != "not" else []
-        missing = [m for p in parts if p.truth is Truth.UNKNOWN for m in p.missing]
-        evidence = [e for p in chosen for e in p.evidence] if truth is Truth.TRUE else []
-        return Outcome(truth, None, "", evidence, missing)
+        return combine(self.op, [item.evaluate(ctx) for item in self.items])
 
     def describe(self) -> str:
         if self.op == "not":
@@ -51,6 +45,17 @@ class Combine:
         return (
             "(" + f" {self.op.replace('all', 'and').replace('any', 'or')} ".join(i.describe() for i in self.items) + ")"
         )
+
+
+def combine(op: str, parts: list[Outcome]) -> Outcome:
+    """The outcome of ``all``/``any``/``not`` over its parts' outcomes, with the evidence of the parts that
+    made a true answer and the missing data of the undecided ones (shared with compiled plans)."""
+    truths = [p.truth for p in parts]
+    truth = {"all": all_of, "any": any_of}[op](truths) if op != "not" else not_of(truths[0])
+    chosen = [p for p in parts if p.truth is Truth.TRUE] if op != "not" else []
+    missing = [m for p in parts if p.truth is Truth.UNKNOWN for m in p.missing]
+    evidence = [e for p in chosen for e in p.evidence] if truth is Truth.TRUE else []
+    return Outcome(truth, None, "", evidence, missing)
 
 
 def compile_condition(raw: Any, path: tuple[str | int, ...], scope: Scope) -> Node | None:
