@@ -56,3 +56,64 @@ def test_code_index_finds_what_a_full_scan_finds() -> None:
     ]
     found = PatientRecord(resources).findings(vs, ("Observation",))
     assert [f.ref for f in found] == ["Observation/c", "Observation/a"]
+
+
+# ---------------------------------------------------------------- per-resource facts across calls
+
+
+def _rbc(value: float) -> dict:
+    return {"resourceType": "Observation", "id": "rbc", "status": "final", "effectiveDateTime": "2026-01-02",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "5794-3"}]},
+            "valueQuantity": {"value": value, "unit": "/[HPF]"}}
+
+
+_RBC_SET = ValueSet("rbc", "RBC", {("http://loinc.org", "5794-3"): Concept("http://loinc.org", "5794-3", "RBC")})
+
+
+def test_facts_are_read_once_across_calls_and_never_for_changed_content() -> None:
+    from cds_service.clinical.facts import FactsCache
+
+    cache = FactsCache()
+    parse.clear_cache()
+
+    def value_in_a_new_call(resource: dict) -> float | None:
+        valid, _ = parse.parse_resources([resource])  # as every call does: checked resources carry a digest
+        found = PatientRecord(valid, facts_cache=cache).findings(_RBC_SET, ("Observation",))
+        return found[0].value.quantity if found and found[0].value else None
+
+    assert value_in_a_new_call(_rbc(2)) == 2 and len(cache) == 1
+    assert value_in_a_new_call(_rbc(2)) == 2 and len(cache) == 1  # the same content: looked up, not re-read
+    assert value_in_a_new_call(_rbc(50)) == 50 and len(cache) == 2  # same id, new value: new facts
+    # a resource without a digest (not checked by this call) is read as before and not cached
+    assert PatientRecord([_rbc(7)], facts_cache=cache).findings(_RBC_SET, ("Observation",))[0].value.quantity == 7
+    assert len(cache) == 2
+
+
+def test_facts_depend_on_the_birth_date_too() -> None:
+    """An onset given as an age is a time only with the patient's birth date: part of the key."""
+    from cds_service.clinical.facts import FactsCache
+
+    cache = FactsCache()
+    condition = {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p"},
+                 "code": {"coding": [{"system": "http://loinc.org", "code": "5794-3"}]},
+                 "onsetAge": {"value": 40, "unit": "a", "system": "http://unitsofmeasure.org", "code": "a"}}
+    onsets = []
+    for born in ("1970-01-01", "1980-01-01"):
+        patient = {"resourceType": "Patient", "id": "p", "birthDate": born}
+        valid, problems = parse.parse_resources([patient, condition])
+        assert not problems
+        found = PatientRecord(valid, facts_cache=cache).findings(_RBC_SET, ("Condition",))
+        onsets.append(found[0].time.year if found and found[0].time else None)
+    assert onsets == [2010, 2020]
+
+
+def test_the_facts_cache_travels_empty() -> None:
+    import copy
+    import pickle
+
+    from cds_service.clinical.facts import FactsCache
+
+    cache = FactsCache(size=5)
+    cache.put(("k",), ("facts",))
+    for clone in (pickle.loads(pickle.dumps(cache)), copy.deepcopy(cache)):
+        assert clone.size == 5 and len(clone) == 0

@@ -20,6 +20,7 @@ from cds_service.clinical.exposure import (
     session_from_request,
     session_from_statement,
 )
+from cds_service.clinical.facts import FactsCache
 from cds_service.clinical.findings import (
     EXCLUDED_STATUS,
     HISTORY_STATUS,
@@ -52,6 +53,7 @@ class PatientRecord:
         ordinal_codes: Mapping[tuple[str, str], float] | None = None,
         unavailable: Mapping[str, str] | None = None,
         unit_aliases: UnitAliases = NO_ALIASES,
+        facts_cache: FactsCache | None = None,
     ) -> None:
         """``unavailable`` maps resource types whose data could not be (fully) obtained to why (a sentence
         naming the data, e.g. ``observation: HTTP 500``).
@@ -61,7 +63,10 @@ class PatientRecord:
 
         Results inside other resources (panel components, report conclusions) are indexed as results of
         their own (:mod:`cds_service.clinical.results`); ``unit_aliases`` reads lab unit strings per kind.
+        ``facts_cache`` keeps per-resource facts across calls for resources that carry a content digest
+        (:mod:`cds_service.clinical.facts`); it must belong to one rule set (its coded grades).
         """
+        self._facts_cache = facts_cache
         self.by_type: dict[str, list[tuple[str, Mapping[str, Any]]]] = defaultdict(list)
         self._originals: list[Mapping[str, Any]] = []
         self._requests: dict[str, Mapping[str, Any]] = {}
@@ -152,10 +157,20 @@ class PatientRecord:
         return uln[0], self._unit_aliases.resolve(uln[1], unit)
 
     def _facts_of(self, resource: Mapping[str, Any], rtype: str) -> tuple[Any, ...]:
-        """(status, start, end, value, upper limit) of one resource: the same in every value set it is in."""
+        """(status, start, end, value, upper limit) of one resource: the same in every value set it is in,
+        and on every call that sends the same resource (looked up by its digest when it has one)."""
+        digest = getattr(resource, "digest", None)
+        key = (digest, rtype, self._birth) if digest is not None and self._facts_cache is not None else None
+        if key is not None:
+            found = self._facts_cache.get(key)  # type: ignore[union-attr]
+            if found is not None:
+                return found
         start, end = event_time(resource, self._birth)
         value = value_of(resource, self._ordinal_codes) if rtype == "Observation" else None
-        return status_of(resource), start, end, value, upper_limit(resource)
+        facts = status_of(resource), start, end, value, upper_limit(resource)
+        if key is not None:
+            self._facts_cache.put(key, facts)  # type: ignore[union-attr]
+        return facts
 
     def _candidates(self, rtype: str, valueset: ValueSet) -> Iterable[tuple[str, Mapping[str, Any]]]:
         """Resources of ``rtype`` that may match ``valueset``, in record order.

@@ -7,6 +7,7 @@ evaluate it once and the trace shows it once.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -183,9 +184,17 @@ class RuleContext:
         return at + anchor.offset if anchor.sign > 0 else at - anchor.offset
 
     def window(self, window: Window | None, current: datetime | None = None) -> Span | str:
-        """(start, end) of a window, or a sentence saying why it does not exist for this patient."""
+        """(start, end) of a window, or a sentence saying why it does not exist for this patient (memoised:
+        the rule's blocks ask for the same few windows again and again)."""
         if window is None:
             return (None, self.now)
+        key = ("window", window, current)
+        found = self._memo.get(key)
+        if found is None:
+            found = self._memo[key] = self._window(window, current)
+        return found
+
+    def _window(self, window: Window, current: datetime | None) -> Span | str:
         start = self._resolve(window.start, current) if window.start else None
         if window.start is not None and start is None:
             return f"window {window.label}: no {window.start.name.replace('_', ' ')}"
@@ -203,6 +212,7 @@ class RuleContext:
         return (start is None or time >= start) and time <= end
 
     @staticmethod
+    @functools.lru_cache(maxsize=1024)
     def span_text(span: Span) -> str:
         start, end = span
         if start is None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from jinja2 import Template
 
+from cds_service.clinical.facts import FactsCache
 from cds_service.clinical.findings import ORDINAL_NAMES
 from cds_service.clinical.timeutil import Duration
 from cds_service.clinical.units import NO_ALIASES, UnitAliases
@@ -226,8 +227,12 @@ class RuleSet:
     compiled: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def record_options(self) -> dict[str, Any]:
-        """What a PatientRecord needs from the rule set to read results: coded grades and lab unit strings."""
-        return {"ordinal_codes": self.ordinal_codes, "unit_aliases": self.unit_aliases}
+        """What a PatientRecord needs from the rule set to read results: coded grades, lab unit strings, and
+        the rule set's cache of per-resource facts across calls (clinical/facts.py)."""
+        facts = self.compiled.get("facts")
+        if facts is None:
+            facts = self.compiled.setdefault("facts", FactsCache())
+        return {"ordinal_codes": self.ordinal_codes, "unit_aliases": self.unit_aliases, "facts_cache": facts}
 
     @property
     def version(self) -> str:

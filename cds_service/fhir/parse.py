@@ -66,21 +66,42 @@ def _model(resource_type: str) -> Any:
     return get_fhir_model_class(resource_type)
 
 
+class Checked(dict):  # type: ignore[type-arg]
+    """A resource found valid, carrying the digest of its content (None: not cacheable).
+
+    Caches across calls key on the digest — validation here, a record's per-resource facts in
+    :class:`cds_service.clinical.facts.FactsCache` — so a resource costs one digest per call, not one per
+    cache. It is a plain JSON object otherwise (orjson and json write it as one).
+    """
+
+    __slots__ = ("digest",)
+
+    def __init__(self, resource: Mapping[str, Any], digest: bytes | None) -> None:
+        super().__init__(resource)
+        self.digest = digest
+
+
 def check_resource(resource: Any) -> ParseProblem | None:
     """None when the resource is valid FHIR, else the problem (cached by content, see the module doc)."""
+    return _check_keyed(resource)[0]
+
+
+def _check_keyed(resource: Any) -> tuple[ParseProblem | None, bytes | None]:
+    if type(resource) is Checked:
+        return None, resource.digest  # checked already (a resource handed on within one call)
     key = _digest(resource)
     if key is not None:
         with _outcomes_lock:
             if key in _outcomes:
                 _outcomes.move_to_end(key)
-                return _outcomes[key]
+                return _outcomes[key], key
     problem = _check(resource)
     if key is not None:
         with _outcomes_lock:
             _outcomes[key] = problem
             if len(_outcomes) > CACHE_SIZE:
                 _outcomes.popitem(last=False)
-    return problem
+    return problem, key
 
 
 def clear_cache() -> None:
@@ -170,13 +191,13 @@ def _is_time_key(key: str) -> bool:
 
 
 def parse_resources(resources: Iterable[Any]) -> tuple[list[dict[str, Any]], list[ParseProblem]]:
-    """Split resources into valid ones (as plain dicts) and reported problems."""
+    """Split resources into valid ones (as :class:`Checked` dicts, with their digest) and reported problems."""
     valid: list[dict[str, Any]] = []
     problems: list[ParseProblem] = []
     for resource in resources:
-        problem = check_resource(resource)
+        problem, key = _check_keyed(resource)
         if problem is None:
-            valid.append(dict(resource))
+            valid.append(resource if type(resource) is Checked else Checked(resource, key))
         else:
             problems.append(problem)
     return valid, problems

@@ -7,9 +7,11 @@ module of its family and listed once in :mod:`cds_service.engine.blocks.registry
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cds_service.clinical import exposure as ex
@@ -25,11 +27,11 @@ if TYPE_CHECKING:
     from cds_service.engine.context import RuleContext
 
 COMPARATORS: dict[str, tuple[str, Callable[[float, float], bool]]] = {
-    "at_least": ("≥", lambda a, b: a >= b),
-    "above": (">", lambda a, b: a > b),
-    "at_most": ("≤", lambda a, b: a <= b),
-    "below": ("<", lambda a, b: a < b),
-    "equals": ("=", lambda a, b: a == b),
+    "at_least": ("≥", operator.ge),
+    "above": (">", operator.gt),
+    "at_most": ("≤", operator.le),
+    "below": ("<", operator.lt),
+    "equals": ("=", operator.eq),
 }
 
 
@@ -49,16 +51,27 @@ class Compare:
 
     op: str
     threshold: Any  # float | Quantity | Ordinal | Duration
+    # Specialised once: the threshold as a number and the operator's function (not compared, not hashed).
+    _limit: float = field(init=False, compare=False, repr=False, hash=False, default=0.0)
+    _test: Callable[[float, float], bool] = field(init=False, compare=False, repr=False, hash=False,
+                                                  default=operator.ge)
+
+    def __post_init__(self) -> None:
+        threshold = self.threshold
+        if isinstance(threshold, Quantity | Ordinal):
+            limit = threshold.value
+        elif isinstance(threshold, int | float):
+            limit = float(threshold)
+        else:
+            limit = duration_seconds(threshold)
+        object.__setattr__(self, "_limit", limit)
+        object.__setattr__(self, "_test", COMPARATORS[self.op][1])
 
     def holds(self, value: float) -> bool:
-        return COMPARATORS[self.op][1](value, self._number())
+        return self._test(value, self._limit)
 
     def _number(self) -> float:
-        if isinstance(self.threshold, Quantity | Ordinal):
-            return self.threshold.value
-        if isinstance(self.threshold, int | float):
-            return float(self.threshold)
-        return duration_seconds(self.threshold)
+        return self._limit
 
     def __str__(self) -> str:
         threshold = self.threshold
@@ -70,10 +83,12 @@ class Compare:
 
 
 def compare_all(comparisons: Sequence[Compare], value: float) -> bool:
-    return all(c.holds(value) for c in comparisons)
+    return all(c._test(value, c._limit) for c in comparisons)
 
 
-def describe_all(comparisons: Sequence[Compare]) -> str:
+@functools.lru_cache(maxsize=4096)
+def describe_all(comparisons: tuple[Compare, ...]) -> str:
+    """``≥ 3 and < 10`` (cached: a block's thresholds are fixed at load, its detail is written every call)."""
     return " and ".join(str(c) for c in comparisons)
 
 def threshold_truth(value: float, comparisons: Sequence[Compare], could_add: float) -> Truth:
