@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,8 @@ MAX_PROBLEMS_LISTED = 1000  # in summary.json and the report; problems.csv has t
 def build_summary(result: RunResult, labels: Mapping[str, Mapping[str, str]], *, export: str,
                   ruleset_versions: Mapping[str, str], plan: Mapping[str, Any]) -> dict[str, Any]:
     """The whole back-test as one JSON document (``labels``: rule set label → {rule id: version})."""
-    replays = result.replays
-    rows = [row for replay in replays for row in replay.rows]
+    replays = result.replays  # may be files read back a bucket at a time: iterated, never held whole
+    hooks = Counter(row["hook"] for replay in replays for row in replay.rows)
     data: dict[str, Any] = {
         "export": export,
         "plan": plan,
@@ -32,9 +33,9 @@ def build_summary(result: RunResult, labels: Mapping[str, Mapping[str, str]], *,
         "bad_lines": len(result.problems),
         "problems": [str(p) for p in result.problems[:MAX_PROBLEMS_LISTED]],
         "replayed": {
-            "order_sign_calls": sum(1 for r in rows if r["hook"] == "order-sign"),
+            "order_sign_calls": hooks["order-sign"],
             "orders": summary.order_count(replays),
-            "patient_view_calls": sum(1 for r in rows if r["hook"] == "patient-view"),
+            "patient_view_calls": hooks["patient-view"],
             "orders_without_authoredOn": sum(r.undated_orders for r in replays),
             "undated_resources_kept": sum(r.undated_resources for r in replays),
             "patients_without_Patient_resource": sum(1 for r in replays if not r.has_patient),
@@ -70,7 +71,7 @@ def write_outputs(out: Path, result: RunResult, data: Mapping[str, Any]) -> list
     labels = list(data["rulesets"])
     rule_rows = [_flat_rule(row) for label in labels for row in data["rulesets"][label]["rules"]]
     written.append(_csv(out / "rules.csv", rule_rows))
-    written.append(_csv(out / "calls.csv", [
+    written.append(_csv(out / "calls.csv", (
         {"patient": row["patient"], "hook": row["hook"], "at": row["at"], "orders": " ".join(row["orders"]),
          "ruleset": label,
          "cards": " ".join(f"{c['rule']}:{c['indicator']}" for c in row["by"][label]["cards"]),
@@ -78,7 +79,7 @@ def write_outputs(out: Path, result: RunResult, data: Mapping[str, Any]) -> list
          "undecided": " ".join(u["rule"] for u in row["by"][label]["undecided"]),
          "skipped_resources": row["by"][label]["skipped"]}
         for replay in result.replays for row in replay.rows for label in labels
-    ], ["patient", "hook", "at", "orders", "ruleset", "cards", "fired", "undecided", "skipped_resources"]))
+    ), ["patient", "hook", "at", "orders", "ruleset", "cards", "fired", "undecided", "skipped_resources"]))
     written.append(_csv(out / "first_card.csv", [
         {"ruleset": label, **item} for label in labels for item in summary.first_card_delays(result.replays, label)
     ], ["ruleset", "patient", "rule", "version", "first_card", "first_sign", "days"]))
@@ -110,8 +111,11 @@ def _flat_rule(row: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def _csv(path: Path, rows: Sequence[Mapping[str, Any]], fields: Sequence[str] | None = None) -> Path:
-    names = list(fields or (rows[0].keys() if rows else []))
+def _csv(path: Path, rows: Iterable[Mapping[str, Any]], fields: Sequence[str] | None = None) -> Path:
+    """Rows written as they come (``fields`` required for a generator)."""
+    if fields is None:
+        rows = list(rows)
+    names = list(fields or (rows[0].keys() if rows else []))  # type: ignore[index]
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=names)
         writer.writeheader()

@@ -3,11 +3,13 @@
 Pass 1 reads only the medication files (MedicationAdministration/Request/Statement) and keeps the ids of
 patients with ketamine or esketamine exposure — usually a small share of a health system. Pass 2 reads the
 files of every type the rules read, keeps only those patients' resources and routes each to one of B
-buckets by a stable hash of the patient id — partitioned by patient, no full shuffle: each input
+buckets by patient id (the sorted ids cut into runs) — partitioned by patient, no full shuffle: each input
 partition writes each bucket its share as a file (a map-reduce shuffle on disk), so no task ever holds more
 than one input partition or one bucket. One task per bucket reads its files, replays its patients and
-returns only their compact result rows: the parsed records never become a task result, so no scheduler
-keeps them (memory is bounded by the partition and the bucket, not the export: docs/performance.md).
+writes their result rows to a file of its own, returning only counts and bad lines: neither the parsed
+records nor the replays become task results that a scheduler or the driver keeps, and the summary reads
+the replay files back one bucket at a time. Memory is bounded by the partition and the bucket, not by the
+export (docs/performance.md).
 
 The same graph runs on the synchronous scheduler (``client=None``), a local cluster or a remote one
 (``Client("tcp://…")``): nothing here knows which.
@@ -18,8 +20,7 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
-import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,11 +51,42 @@ PATIENTS_PER_BUCKET = 50  # bounds a bucket's memory: ~50 patients' records at o
 HOOKS = ("patient-view", "order-select", "order-sign")
 
 
+class ReplayFiles:
+    """The replays a run wrote, one file per bucket, read back in bucket order each time they are iterated
+    (patients sorted within a bucket: the same order on every scheduler). The folder is removed when the
+    object is (or at ``cleanup()``)."""
+
+    def __init__(self, buckets: int) -> None:
+        self._folder = tempfile.TemporaryDirectory(prefix="kbladder-replays-")
+        self.folder = Path(self._folder.name)
+        self.buckets = buckets
+        self.count = 0  # patients, as the bucket tasks report them
+
+    def path(self, bucket: int) -> Path:
+        return self.folder / f"b{bucket:05d}.jsonl"
+
+    def __iter__(self) -> Iterator[PatientReplay]:
+        for bucket in range(self.buckets):
+            path = self.path(bucket)
+            if not path.exists():  # a bucket whose patients were all filtered out
+                continue
+            with path.open("rb") as handle:
+                for line in handle:
+                    yield PatientReplay(**orjson.loads(line))
+
+    def __len__(self) -> int:
+        return self.count
+
+    def cleanup(self) -> None:
+        self._folder.cleanup()
+
+
 @dataclass(slots=True)
 class RunResult:
-    """Everything the summary needs: per-patient replays, bad lines, and what was read."""
+    """Everything the summary needs: per-patient replays (in memory, or in files a bucket at a time),
+    bad lines, and what was read."""
 
-    replays: list[PatientReplay] = field(default_factory=list)
+    replays: list[PatientReplay] | ReplayFiles = field(default_factory=list)
     problems: list[LineProblem] = field(default_factory=list)
     patients_in_export: int = 0
     exposed: int = 0
@@ -73,9 +105,12 @@ def types_read(rulesets: Sequence[Any]) -> set[str]:
     return wanted
 
 
-def bucket_of(patient: str, buckets: int) -> int:
-    """A stable bucket for a patient id (the same on every worker and every run)."""
-    return zlib.crc32(patient.encode("utf-8")) % buckets
+def bucket_map(exposed: set[str], patients_per_bucket: int) -> dict[str, int]:
+    """Each exposed patient's bucket: the sorted ids cut into runs of ``patients_per_bucket``, so buckets
+    read in order give every patient in sorted order — the same output order whatever the bucket size or
+    the scheduler, with no sort over the whole run."""
+    per = max(1, patients_per_bucket)
+    return {patient: index // per for index, patient in enumerate(sorted(exposed))}
 
 
 # ---------------------------------------------------------------- tasks (run on workers)
@@ -115,7 +150,7 @@ def scan_exposure(part: Part, source: RuleSource, medications: Mapping[str, Mapp
     return {"exposed": exposed, "problems": problems, "lines": lines}
 
 
-def route(part: Part, exposed: frozenset[str], buckets: int, scratch: str) -> dict[str, Any]:
+def route(part: Part, exposed: Mapping[str, int], scratch: str) -> dict[str, Any]:
     """Pass 2 over one partition: the exposed patients' resources, written to their patients' bucket folders.
 
     ``scratch/b00042/<partition>.jsonl`` holds this partition's lines for bucket 42, each
@@ -138,9 +173,10 @@ def route(part: Part, exposed: frozenset[str], buckets: int, scratch: str) -> di
             problems.append(LineProblem(part.name, number, f"{part.resource_type} without a patient "
                                                            "reference (subject/patient); skipped"))
             continue
-        if patient not in exposed:
+        bucket = exposed.get(patient)
+        if bucket is None:
             continue
-        shares.setdefault(bucket_of(patient, buckets), []).append(
+        shares.setdefault(bucket, []).append(
             orjson.dumps([f"{part.name}:{number}", patient, item]))
     stem = f"{part.name}.{part.start}.jsonl"
     for bucket, rows in shares.items():
@@ -164,15 +200,23 @@ def group(bucket: int, scratch: str, routed: Sequence[Any]) -> list[tuple[str, L
 
 
 def replay_bucket(bucket: int, scratch: str, routed: Sequence[Any], sources: Sequence[RuleSource],
-                  medications: Mapping[str, Mapping[str, Any]],
-                  plan: Plan) -> list[tuple[PatientReplay, list[LineProblem]]]:
-    """One bucket, read and replayed in one task: only the replays leave it (``routed``: as in ``group``).
+                  medications: Mapping[str, Mapping[str, Any]], plan: Plan, target: str) -> dict[str, Any]:
+    """One bucket, read and replayed in one task; its replays written to ``target`` (one JSON line per
+    patient), only the patient count and bad lines returned (``routed``: as in ``group``).
 
-    Why one task and not a bag of records mapped onto the replay: a task's result stays in the
-    scheduler's memory until its dependents finish, and for a bag partition that was every parsed record
-    of the bucket — the run's memory then grew with the export.
+    Why one task writing a file, and not a bag of records mapped onto the replay: a task's result stays in
+    the scheduler's (or the driver's) memory, and for a bag partition that was every parsed record of the
+    bucket, for the run's results every replay row — the run's memory then grew with the export.
     """
-    return [evaluate_record(record, sources, medications, plan) for record in group(bucket, scratch, routed)]
+    problems: list[LineProblem] = []
+    patients = 0
+    with Path(target).open("wb") as handle:
+        for record in group(bucket, scratch, routed):
+            replay, found = evaluate_record(record, sources, medications, plan)
+            handle.write(orjson.dumps(replay) + b"\n")
+            problems.extend(found)
+            patients += 1
+    return {"patients": patients, "problems": problems}
 
 
 def evaluate_record(record: tuple[str, Located], sources: Sequence[RuleSource],
@@ -255,21 +299,32 @@ def run(export: Path, sources: Sequence[RuleSource], rulesets: Sequence[Any], pl
     result.exposed = len(exposed)
 
     buckets = max(1, -(-len(exposed) // max(1, patients_per_bucket)))
+    assignment = bucket_map(exposed, patients_per_bucket)
     result.buckets = buckets
     read_parts = [part for rtype in sorted(files) if rtype in wanted for path in files[rtype]
                   for part in partitions(path, rtype, block_bytes)]
-    exposed_ref: Delayed = delayed(frozenset(exposed), traverse=False)
+    exposed_ref: Delayed = delayed(assignment, traverse=False)
     own_scratch = scratch is None
     folder = Path(tempfile.mkdtemp(prefix="kbladder-shuffle-")) if scratch is None else scratch / "shuffle"
     if folder.exists() and not own_scratch:
         shutil.rmtree(folder)  # a previous run's files must not join this one's buckets
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        routed = [delayed(route, pure=True)(part, exposed_ref, buckets, str(folder)) for part in read_parts]
-        replayed = [delayed(replay_bucket, pure=True)(b, str(folder), routed, tuple(sources), meds, plan)
+        routed = [delayed(route, pure=True)(part, exposed_ref, str(folder)) for part in read_parts]
+        replays = ReplayFiles(buckets)
+        replayed = [delayed(replay_bucket, pure=True)(b, str(folder), routed, tuple(sources), meds, plan,
+                                                      str(replays.path(b)) if own_scratch else
+                                                      str(folder / "replays" / f"b{b:05d}.jsonl"))
                     for b in range(buckets)]
+        if not own_scratch:
+            (folder / "replays").mkdir(parents=True, exist_ok=True)
         outcomes, stats = compute((replayed, routed), client, progress,
                                   f"pass 2: {len(read_parts)} partition(s) → {buckets} bucket(s) of patients")
+        if not own_scratch:  # a cluster wrote them on the shared filesystem: keep them past the shuffle folder
+            for b in range(buckets):
+                written = folder / "replays" / f"b{b:05d}.jsonl"
+                if written.exists():
+                    shutil.move(written, replays.path(b))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     # Medication files are read by both passes: their lines are counted once (pass 2), their bad lines
@@ -279,10 +334,9 @@ def run(export: Path, sources: Sequence[RuleSource], rulesets: Sequence[Any], pl
         result.lines_read += stat["lines"]
         result.patients_in_export += stat["patients"]
     for bucket in outcomes:
-        for replay, problems in bucket:
-            result.replays.append(replay)
-            result.problems.extend(problems)
-    result.replays.sort(key=lambda r: r.patient)
+        replays.count += bucket["patients"]
+        result.problems.extend(bucket["problems"])
+    result.replays = replays
     result.problems = sorted(set(result.problems), key=lambda p: (p.file, p.line, p.message))
     return result
 

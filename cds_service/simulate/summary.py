@@ -33,12 +33,12 @@ def _rows(replays: Iterable[PatientReplay]) -> Iterable[dict[str, Any]]:
         yield from replay.rows
 
 
-def order_count(replays: Sequence[PatientReplay]) -> int:
+def order_count(replays: Iterable[PatientReplay]) -> int:
     """Ketamine/esketamine orders replayed (an order-sign call may sign several)."""
     return sum(len(row["orders"]) for row in _rows(replays) if row["hook"] == "order-sign")
 
 
-def rule_table(replays: Sequence[PatientReplay], label: str, rules: Mapping[str, str]) -> list[dict[str, Any]]:
+def rule_table(replays: Iterable[PatientReplay], label: str, rules: Mapping[str, str]) -> list[dict[str, Any]]:
     """One row per rule of rule set ``label`` (``rules``: id → version), every rule listed even if silent."""
     orders = order_count(replays)
     patients: dict[tuple[str, str], set[str]] = defaultdict(set)
@@ -83,7 +83,7 @@ def rule_table(replays: Sequence[PatientReplay], label: str, rules: Mapping[str,
     return table
 
 
-def first_card_delays(replays: Sequence[PatientReplay], label: str) -> list[dict[str, Any]]:
+def first_card_delays(replays: Iterable[PatientReplay], label: str) -> list[dict[str, Any]]:
     """Per patient and rule: the first card, the first warning sign in its evidence, and the days between.
 
     The warning sign is the earliest dated non-medication evidence of the first card (a rule that fires on
@@ -109,7 +109,7 @@ def row_time(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def burden(replays: Sequence[PatientReplay], label: str) -> dict[str, int]:
+def burden(replays: Iterable[PatientReplay], label: str) -> dict[str, int]:
     """Alert burden per order: how many order-sign calls showed 0, 1, 2, 3+ cards."""
     counts: Counter[str] = Counter()
     for row in _rows(replays):
@@ -119,7 +119,7 @@ def burden(replays: Sequence[PatientReplay], label: str) -> dict[str, int]:
     return {key: counts[key] for key in ("0", "1", "2", "3+")}
 
 
-def cards_by_month(replays: Sequence[PatientReplay], label: str) -> dict[str, dict[str, int]]:
+def cards_by_month(replays: Iterable[PatientReplay], label: str) -> dict[str, dict[str, int]]:
     """rule → month (YYYY-MM) → replayed calls that month at which the rule fired (showed a card)."""
     out: dict[str, Counter[str]] = defaultdict(Counter)
     for row in _rows(replays):
@@ -128,7 +128,7 @@ def cards_by_month(replays: Sequence[PatientReplay], label: str) -> dict[str, di
     return {rule: dict(sorted(months.items())) for rule, months in sorted(out.items())}
 
 
-def compare(replays: Sequence[PatientReplay], base: str, other: str) -> list[dict[str, Any]]:
+def compare(replays: Iterable[PatientReplay], base: str, other: str) -> list[dict[str, Any]]:
     """Every replayed call whose cards differ between two rule sets: appeared, disappeared, indicator changed."""
     changes = []
     for row in _rows(replays):
