@@ -186,9 +186,18 @@ def route(part: Part, exposed: Mapping[str, int], scratch: str) -> dict[str, Any
     return {"problems": problems, "lines": lines, "patients": patients}
 
 
-def group(bucket: int, scratch: str, routed: Sequence[Any]) -> list[tuple[str, Located]]:
+def all_routed(stats: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The barrier between the passes: done when every partition is routed; its result, their statistics.
+
+    Bucket tasks depend on this one task, not on every route task: B buckets × P partitions dependencies
+    made the graph (and the scheduler's memory) grow with the square of the export.
+    """
+    return list(stats)
+
+
+def group(bucket: int, scratch: str, routed: Any) -> list[tuple[str, Located]]:
     """One bucket's patient records, from every partition's file for it (``routed``: only orders the task
-    after every route task). Sorted by patient and file:line order: the same records on every run."""
+    after the ``all_routed`` barrier). Sorted by patient and file:line order: the same records on every run."""
     merged: dict[str, Located] = {}
     folder = Path(scratch) / f"b{bucket:05d}"
     for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else ():
@@ -199,7 +208,7 @@ def group(bucket: int, scratch: str, routed: Sequence[Any]) -> list[tuple[str, L
     return sorted(merged.items())
 
 
-def replay_bucket(bucket: int, scratch: str, routed: Sequence[Any], sources: Sequence[RuleSource],
+def replay_bucket(bucket: int, scratch: str, routed: Any, sources: Sequence[RuleSource],
                   medications: Mapping[str, Mapping[str, Any]], plan: Plan, target: str) -> dict[str, Any]:
     """One bucket, read and replayed in one task; its replays written to ``target`` (one JSON line per
     patient), only the patient count and bad lines returned (``routed``: as in ``group``).
@@ -310,7 +319,8 @@ def run(export: Path, sources: Sequence[RuleSource], rulesets: Sequence[Any], pl
         shutil.rmtree(folder)  # a previous run's files must not join this one's buckets
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        routed = [delayed(route, pure=True)(part, exposed_ref, str(folder)) for part in read_parts]
+        routed = delayed(all_routed, pure=True)(
+            [delayed(route, pure=True)(part, exposed_ref, str(folder)) for part in read_parts])
         replays = ReplayFiles(buckets)
         replayed = [delayed(replay_bucket, pure=True)(b, str(folder), routed, tuple(sources), meds, plan,
                                                       str(replays.path(b)) if own_scratch else
