@@ -117,3 +117,14 @@ def test_the_facts_cache_travels_empty() -> None:
     cache.put(("k",), ("facts",))
     for clone in (pickle.loads(pickle.dumps(cache)), copy.deepcopy(cache)):
         assert clone.size == 5 and len(clone) == 0
+
+
+def test_key_order_is_only_a_cache_miss_never_another_answer() -> None:
+    """The digest is of the JSON as given (no key sort): the same resource in another key order is digested
+    apart, validated again, and gets the same outcome; a bad one stays bad in any order."""
+    parse.clear_cache()
+    reordered_good = dict(reversed(list(GOOD.items())))
+    reordered_bad = dict(reversed(list(BAD.items())))
+    assert parse._digest(reordered_good) != parse._digest(GOOD)
+    assert parse.check_resource(GOOD) is None and parse.check_resource(reordered_good) is None
+    assert parse.check_resource(BAD) == parse.check_resource(reordered_bad) is not None

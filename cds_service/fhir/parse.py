@@ -6,10 +6,13 @@ Pure: no network, used by the service and by ``kbladder rules test`` alike.
 
 Validating with fhir.resources costs ~0.1-0.3 ms per resource (nested pydantic models), most of a hook
 call's time. The outcome is a pure function of the resource's JSON, and an EHR sends the same resources on
-patient-view, order-select and order-sign, so outcomes are cached by a digest of the canonical JSON
-(sorted keys; 16-byte BLAKE2b): a resource seen before costs one ``orjson.dumps`` and a hash
-(docs/performance.md). Anything orjson cannot encode exactly (dates, other Python objects, NaN — and,
-to be safe, any ``null``) is validated every time.
+patient-view, order-select and order-sign, so outcomes are cached by a digest of the resource's JSON as
+given (16-byte BLAKE2b; keys in the order they came — an EHR serialises a resource the same way each time,
+and the same content in another key order is only a cache miss, never a different answer, so the sort a
+canonical form needs is not paid on every resource of every call): a resource seen before costs one
+``orjson.dumps`` and a hash (docs/performance.md). Anything orjson cannot encode exactly (dates, other
+Python objects, NaN — and, to be safe, any ``null``) is validated every time. The digest travels with the
+valid resource (:class:`Checked`) to the other cache across calls, the record's facts.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ _TIME_KEYS = frozenset({"issued", "start", "end", "date", "recorded", "authoredO
 
 #: Validation outcomes kept (≈ 150 bytes each): a heavy patient has ~2,500 resources.
 CACHE_SIZE = 50_000
-_CANONICAL = (orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+_AS_GIVEN = (orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
               | orjson.OPT_PASSTHROUGH_SUBCLASS)
 _outcomes: OrderedDict[bytes, ParseProblem | None] = OrderedDict()
 _outcomes_lock = threading.Lock()
@@ -111,11 +114,11 @@ def clear_cache() -> None:
 
 
 def _digest(resource: Any) -> bytes | None:
-    """Digest of the canonical JSON of a plain JSON object; None for anything else (then: no caching)."""
+    """Digest of a plain JSON object's JSON, keys as given; None for anything else (then: no caching)."""
     if type(resource) is not dict:
         return None
     try:
-        encoded = orjson.dumps(resource, option=_CANONICAL)
+        encoded = orjson.dumps(resource, option=_AS_GIVEN)
     except (TypeError, orjson.JSONEncodeError):
         return None
     if b"null" in encoded:  # orjson writes NaN and Infinity as null too: those must not share an outcome
