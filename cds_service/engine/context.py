@@ -188,11 +188,7 @@ class RuleContext:
         the rule's blocks ask for the same few windows again and again)."""
         if window is None:
             return (None, self.now)
-        key = ("window", window, current)
-        found = self._memo.get(key)
-        if found is None:
-            found = self._memo[key] = self._window(window, current)
-        return found
+        return self.memoised(("window", window, current), lambda: self._window(window, current))
 
     def _window(self, window: Window, current: datetime | None) -> Span | str:
         start = self._resolve(window.start, current) if window.start else None

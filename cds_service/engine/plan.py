@@ -90,21 +90,23 @@ class Run:
 def compile_plan(ruleset: RuleSet) -> Plan:
     """Compile every rule of ``ruleset``; equal leaves reading equal data share a slot."""
     slots: dict[Any, int] = {}
-    counter = [0]
+    count = 0  # slots so far: shared ones, and one of its own per leaf that cannot be hashed
 
     def slot_for(signature: Any) -> int:
+        nonlocal count
         try:
             found = slots.get(signature)
         except TypeError:  # a block holding something unhashable: computed on its own
-            counter[0] += 1
-            return -counter[0]
+            found = None
+            signature = None
         if found is None:
-            found = slots[signature] = len(slots)
+            found, count = count, count + 1
+            if signature is not None:
+                slots[signature] = found
         return found
 
     rules = []
     leaves = 0
-    unshared: list[int] = []
     for rule in ruleset.rules:
         course = _course_signature(rule)
         params = tuple(sorted((name, repr(fhirpath_value(p.value))) for name, p in rule.parameters.items()))
@@ -119,29 +121,11 @@ def compile_plan(ruleset: RuleSet) -> Plan:
             keys = sorted(_data_keys(node, rule.data))
             signature = (node, tuple(_data_signature(rule, key) for key in keys), course,
                          params if _holds_fhirpath(node) else None)
-            slot = slot_for(signature)
-            if slot < 0:
-                unshared.append(slot)
-            return Step(LEAF, node=node, slot=slot)
+            return Step(LEAF, node=node, slot=slot_for(signature))
 
         rules.append(RulePlan(rule, {name: build(node) for name, node in rule.conditions.items()},
                               tuple(build(tier.when) for tier in rule.tiers)))
-    # Unhashable leaves got negative numbers: give them slots after the shared ones.
-    base = len(slots)
-    plans = tuple(_renumber(plan, base) for plan in rules) if unshared else tuple(rules)
-    return Plan(plans, base + len(unshared), leaves)
-
-
-def _renumber(plan: RulePlan, base: int) -> RulePlan:
-    def fix(step: Step) -> Step:
-        if step.op == LEAF and step.slot < 0:
-            return dataclasses.replace(step, slot=base - step.slot - 1)
-        if step.items:
-            return dataclasses.replace(step, items=tuple(fix(item) for item in step.items))
-        return step
-
-    return RulePlan(plan.rule, {name: fix(step) for name, step in plan.conditions.items()},
-                    tuple(fix(step) for step in plan.tiers))
+    return Plan(tuple(rules), count, leaves)
 
 
 def _walk(value: Any) -> Iterator[Any]:

@@ -322,19 +322,15 @@ def run(export: Path, sources: Sequence[RuleSource], rulesets: Sequence[Any], pl
         routed = delayed(all_routed, pure=True)(
             [delayed(route, pure=True)(part, exposed_ref, str(folder)) for part in read_parts])
         replays = ReplayFiles(buckets)
+        written = folder / "replays"  # beside the buckets: on a cluster, the filesystem the workers share
+        written.mkdir()
         replayed = [delayed(replay_bucket, pure=True)(b, str(folder), routed, tuple(sources), meds, plan,
-                                                      str(replays.path(b)) if own_scratch else
-                                                      str(folder / "replays" / f"b{b:05d}.jsonl"))
+                                                      str(written / replays.path(b).name))
                     for b in range(buckets)]
-        if not own_scratch:
-            (folder / "replays").mkdir(parents=True, exist_ok=True)
         outcomes, stats = compute((replayed, routed), client, progress,
                                   f"pass 2: {len(read_parts)} partition(s) → {buckets} bucket(s) of patients")
-        if not own_scratch:  # a cluster wrote them on the shared filesystem: keep them past the shuffle folder
-            for b in range(buckets):
-                written = folder / "replays" / f"b{b:05d}.jsonl"
-                if written.exists():
-                    shutil.move(written, replays.path(b))
+        for path in written.iterdir():  # kept past the shuffle folder, for the summary
+            shutil.move(path, replays.folder / path.name)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     # Medication files are read by both passes: their lines are counted once (pass 2), their bad lines

@@ -52,9 +52,9 @@ class Compare:
     op: str
     threshold: Any  # float | Quantity | Ordinal | Duration
     # Specialised once: the threshold as a number and the operator's function (not compared, not hashed).
-    _limit: float = field(init=False, compare=False, repr=False, hash=False, default=0.0)
-    _test: Callable[[float, float], bool] = field(init=False, compare=False, repr=False, hash=False,
-                                                  default=operator.ge)
+    number: float = field(init=False, compare=False, repr=False, hash=False, default=0.0)
+    passes: Callable[[float, float], bool] = field(init=False, compare=False, repr=False, hash=False,
+                                                   default=operator.ge)
 
     def __post_init__(self) -> None:
         threshold = self.threshold
@@ -64,14 +64,11 @@ class Compare:
             limit = float(threshold)
         else:
             limit = duration_seconds(threshold)
-        object.__setattr__(self, "_limit", limit)
-        object.__setattr__(self, "_test", COMPARATORS[self.op][1])
+        object.__setattr__(self, "number", limit)
+        object.__setattr__(self, "passes", COMPARATORS[self.op][1])
 
     def holds(self, value: float) -> bool:
-        return self._test(value, self._limit)
-
-    def _number(self) -> float:
-        return self._limit
+        return self.passes(value, self.number)
 
     def __str__(self) -> str:
         threshold = self.threshold
@@ -83,7 +80,7 @@ class Compare:
 
 
 def compare_all(comparisons: Sequence[Compare], value: float) -> bool:
-    return all(c._test(value, c._limit) for c in comparisons)
+    return all(c.passes(value, c.number) for c in comparisons)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -103,7 +100,7 @@ def threshold_truth(value: float, comparisons: Sequence[Compare], could_add: flo
     if compare_all(comparisons, value) and compare_all(comparisons, high):
         return Truth.TRUE
     # The values that pass form one interval; probe its lowest point reachable from ``value``.
-    lows = [c._number() for c in comparisons if c.op in ("at_least", "above", "equals")]
+    lows = [c.number for c in comparisons if c.op in ("at_least", "above", "equals")]
     probe = max([value, *lows])
     could = any(x <= high and compare_all(comparisons, x) for x in (probe, math.nextafter(probe, math.inf)))
     return Truth.UNKNOWN if could else Truth.FALSE
@@ -119,7 +116,7 @@ def range_truth(low: float, high: float, comparisons: Sequence[Compare]) -> Trut
         return Truth.TRUE
     probes = [low, high]
     for compare in comparisons:
-        edge = compare._number()
+        edge = compare.number
         probes += [edge, math.nextafter(edge, math.inf), math.nextafter(edge, -math.inf)]
     could = any(low <= x <= high and compare_all(comparisons, x) for x in probes)
     return Truth.UNKNOWN if could else Truth.FALSE

@@ -107,7 +107,7 @@ class ValueTest:
             except UnitError:
                 note = f"{finding.ref}: {finding.label} unit {value.unit!r} cannot be converted to {target!r}"
                 return Truth.UNKNOWN, note
-        verdict = bounds_hold(compare.op, compare._number(), bounds)
+        verdict = bounds_hold(compare.op, compare.number, bounds)
         if verdict is None:
             return Truth.UNKNOWN, (
                 f"{finding.ref}: {finding.label} {value.display()} is a range that is partly {compare} "
